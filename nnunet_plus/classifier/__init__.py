@@ -1,0 +1,1 @@
+"""The PLUS second-stage classifier: candidate bank, network (HDA + GPR), loss, trainer."""

@@ -1,0 +1,49 @@
+"""Where things live: nnU-Net's folder environment variables, dataset folders and our trainers folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+class PathError(RuntimeError):
+    """A folder or environment variable that the command needs is missing."""
+
+
+def trainers_path() -> str:
+    """Absolute path of the folder holding our nnU-Net trainers (what ``nnUNet_extTrainer`` points at)."""
+    import nnunet_plus.trainers as trainers_pkg
+
+    return str(Path(trainers_pkg.__file__).resolve().parent)
+
+
+def ensure_ext_trainer_env() -> None:
+    """Set ``nnUNet_extTrainer`` to our trainers folder when it is unset (our own commands call this)."""
+    if not os.environ.get("nnUNet_extTrainer"):
+        os.environ["nnUNet_extTrainer"] = trainers_path()
+
+
+def trainers_path_entry_point() -> None:
+    """``nnunet_plus_trainers_path``: print the trainers folder for ``export nnUNet_extTrainer=$(...)``."""
+    print(trainers_path())
+
+
+def nnunet_folder(env_var: str) -> Path:
+    """The folder named by one of nnU-Net's environment variables; :class:`PathError` if unset."""
+    value = os.environ.get(env_var)
+    if not value:
+        raise PathError(f"environment variable {env_var} is not set; export {env_var}=/path/to/folder "
+                        "(see nnU-Net's documentation/set_environment_variables.md)")
+    return Path(value)
+
+
+def dataset_name(dataset: str | int) -> str:
+    """``DatasetXXX_Name`` for a dataset id or name, looked up in nnU-Net's folders."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as exc:
+        raise PathError(f"dataset {dataset!r} not found in nnUNet_raw / nnUNet_preprocessed / nnUNet_results; "
+                        "check the id and the environment variables") from exc

@@ -1,0 +1,1 @@
+"""Synthetic non-contrast liver CT phantom cohorts in nnU-Net raw format."""

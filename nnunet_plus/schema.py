@@ -1,0 +1,263 @@
+"""The lesion schema: which nnU-Net labels are liver, which are lesion types, and how patients are classified.
+
+The schema lives as a ``"plus"`` block inside nnU-Net's ``dataset.json`` (nnU-Net ignores unknown keys)::
+
+    "plus": {
+        "liver": ["liver"],
+        "lesions": ["hcc", "icc", "metastasis", "hemangioma", "cyst"],
+        "malignant": ["hcc", "icc", "metastasis"],
+        "benign": ["hemangioma", "cyst"],
+        "priority": ["hcc", "icc", "metastasis", "hemangioma", "cyst"],
+        "sensitivities": [1, 4],
+        "min_lesion_volume_mm3": 0
+    }
+
+Names refer to keys of the dataset's ``"labels"`` block. nnU-Net requires consecutive integer labels, so a
+label's value is also its softmax channel index.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+SCHEMA_KEY = "plus"
+
+#: The nine lesion types of the PLUS cohort, in classifyPatient priority order (malignancy first; the
+#: cascaded paper's HCC > ICC > Meta > Hem > Other > Cyst, extended to PLUS's nine types).
+PLUS_LESION_TYPES: tuple[str, ...] = (
+    "hcc", "icc", "metastasis", "other_malignant",
+    "hemangioma", "fnh", "calcification", "other_benign", "cyst",
+)
+PLUS_MALIGNANT: tuple[str, ...] = ("hcc", "icc", "metastasis", "other_malignant")
+PLUS_BENIGN: tuple[str, ...] = ("hemangioma", "fnh", "calcification", "other_benign", "cyst")
+DEFAULT_SENSITIVITIES: tuple[float, ...] = (1.0, 4.0)
+
+
+class SchemaError(ValueError):
+    """A missing or inconsistent ``"plus"`` block; the message says how to fix it."""
+
+
+def _fix_hint(dataset_id: str | int | None) -> str:
+    target = f"-d {dataset_id}" if dataset_id is not None else "-d DATASET_ID"
+    return f"run `nnunet_plus_configure {target} --liver ... --lesions ... --malignant ... --benign ...`"
+
+
+@dataclass(frozen=True)
+class LesionSchema:
+    """Label roles of one nnU-Net dataset.
+
+    Attributes
+    ----------
+    labels : mapping name -> integer label value (nnU-Net's ``"labels"``; also the softmax channel index).
+    liver : names of the liver (parenchyma) labels.
+    lesions : names of the lesion-type labels, in a fixed order (the classifier's class order).
+    malignant, benign : disjoint subsets of ``lesions``.
+    priority : all lesion names, highest classifyPatient priority first.
+    sensitivities : multi-sensitivity factors, ascending; the first is the confident tier (normally 1).
+    min_lesion_volume_mm3 : detections smaller than this are dropped.
+    """
+
+    labels: Mapping[str, int]
+    liver: tuple[str, ...]
+    lesions: tuple[str, ...]
+    malignant: tuple[str, ...]
+    benign: tuple[str, ...]
+    priority: tuple[str, ...]
+    sensitivities: tuple[float, ...] = DEFAULT_SENSITIVITIES
+    min_lesion_volume_mm3: float = 0.0
+    dataset_id: str | int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`SchemaError` with a fix hint if the schema is inconsistent."""
+        hint = _fix_hint(self.dataset_id)
+        labels = dict(self.labels)
+        if not labels:
+            raise SchemaError(f"dataset.json has no 'labels' block; add one (nnU-Net format), then {hint}")
+        values = sorted(int(v) for v in labels.values())
+        if values != list(range(len(values))):
+            raise SchemaError(f"labels must be consecutive integers 0..N-1 (nnU-Net rule), got {values}; "
+                              "renumber the labels in dataset.json")
+        background = [n for n, v in labels.items() if int(v) == 0]
+        for role, names in (("liver", self.liver), ("lesions", self.lesions), ("malignant", self.malignant),
+                            ("benign", self.benign), ("priority", self.priority)):
+            unknown = [n for n in names if n not in labels]
+            if unknown:
+                raise SchemaError(f"schema '{role}' names unknown label(s) {unknown}; known labels are "
+                                  f"{sorted(labels)}; {hint}")
+            if any(n in background for n in names):
+                raise SchemaError(f"background label {background[0]!r} cannot be in '{role}'; {hint}")
+            if len(set(names)) != len(names):
+                raise SchemaError(f"schema '{role}' lists a label twice: {list(names)}; {hint}")
+        if not self.liver:
+            raise SchemaError(f"schema has no liver label; {hint}")
+        if not self.lesions:
+            raise SchemaError(f"schema has no lesion label; {hint}")
+        both = set(self.liver) & set(self.lesions)
+        if both:
+            raise SchemaError(f"label(s) {sorted(both)} are both liver and lesion; {hint}")
+        both = set(self.malignant) & set(self.benign)
+        if both:
+            raise SchemaError(f"label(s) {sorted(both)} are both malignant and benign; {hint}")
+        outside = (set(self.malignant) | set(self.benign)) - set(self.lesions)
+        if outside:
+            raise SchemaError(f"malignant/benign label(s) {sorted(outside)} are not lesion labels; {hint}")
+        if set(self.priority) != set(self.lesions):
+            raise SchemaError(f"'priority' must list every lesion label exactly once (lesions: "
+                              f"{list(self.lesions)}, priority: {list(self.priority)}); {hint}")
+        if not self.sensitivities or any(not (f > 0) for f in self.sensitivities) \
+                or list(self.sensitivities) != sorted(self.sensitivities):
+            raise SchemaError(f"'sensitivities' must be positive and ascending, got {list(self.sensitivities)}; "
+                              f"{hint}")
+        if self.min_lesion_volume_mm3 < 0:
+            raise SchemaError(f"'min_lesion_volume_mm3' must be >= 0; {hint}")
+
+    # ---- label-value views (what the array functions take) ----------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of softmax channels (= number of labels incl. background)."""
+        return len(self.labels)
+
+    @property
+    def liver_labels(self) -> tuple[int, ...]:
+        return tuple(int(self.labels[n]) for n in self.liver)
+
+    @property
+    def lesion_labels(self) -> tuple[int, ...]:
+        """Lesion label values in schema order (the classifier's class order)."""
+        return tuple(int(self.labels[n]) for n in self.lesions)
+
+    @property
+    def malignant_labels(self) -> tuple[int, ...]:
+        return tuple(int(self.labels[n]) for n in self.malignant)
+
+    @property
+    def benign_labels(self) -> tuple[int, ...]:
+        return tuple(int(self.labels[n]) for n in self.benign)
+
+    @property
+    def priority_labels(self) -> tuple[int, ...]:
+        """Lesion label values, highest classifyPatient priority first."""
+        return tuple(int(self.labels[n]) for n in self.priority)
+
+    def label_name(self, value: int) -> str:
+        """Name of a label value (``'normal'`` is not a label; background's name is returned for 0)."""
+        for name, v in self.labels.items():
+            if int(v) == int(value):
+                return name
+        raise KeyError(f"label value {value} is not in the schema's labels {dict(self.labels)}")
+
+    # ---- (de)serialisation -------------------------------------------------------------------------
+    def to_block(self) -> dict:
+        """The JSON ``"plus"`` block (without ``labels``, which live in dataset.json's own block)."""
+        return {
+            "liver": list(self.liver),
+            "lesions": list(self.lesions),
+            "malignant": list(self.malignant),
+            "benign": list(self.benign),
+            "priority": list(self.priority),
+            "sensitivities": [float(f) for f in self.sensitivities],
+            "min_lesion_volume_mm3": float(self.min_lesion_volume_mm3),
+        }
+
+    @classmethod
+    def from_dataset_json(cls, dataset_json: Mapping | str | os.PathLike,
+                          dataset_id: str | int | None = None) -> "LesionSchema":
+        """Read the schema from a dataset.json dict or file; :class:`SchemaError` if it is missing."""
+        if not isinstance(dataset_json, Mapping):
+            path = Path(dataset_json)
+            if not path.is_file():
+                raise SchemaError(f"{path} not found; point to the dataset.json of an nnU-Net raw or "
+                                  "preprocessed dataset")
+            try:
+                dataset_json = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise SchemaError(f"{path} is not valid JSON ({exc}); fix or regenerate it") from exc
+        hint = _fix_hint(dataset_id)
+        labels = dataset_json.get("labels")
+        if not isinstance(labels, Mapping):
+            raise SchemaError(f"dataset.json has no 'labels' block; add one (nnU-Net format), then {hint}")
+        if any(not isinstance(v, int) for v in labels.values()):
+            raise SchemaError("region-based labels (lists of values) are not supported by nnunet_plus; "
+                              "use one integer per label in dataset.json")
+        block = dataset_json.get(SCHEMA_KEY)
+        if not isinstance(block, Mapping):
+            raise SchemaError(f"dataset.json has no '{SCHEMA_KEY}' lesion schema; {hint}")
+        missing = [k for k in ("liver", "lesions", "malignant", "benign") if k not in block]
+        if missing:
+            raise SchemaError(f"the '{SCHEMA_KEY}' block lacks {missing}; {hint}")
+        lesions = tuple(block["lesions"])
+        return cls(
+            labels={str(k): int(v) for k, v in labels.items()},
+            liver=tuple(block["liver"]),
+            lesions=lesions,
+            malignant=tuple(block["malignant"]),
+            benign=tuple(block["benign"]),
+            priority=tuple(block.get("priority", lesions)),
+            sensitivities=tuple(float(f) for f in block.get("sensitivities", DEFAULT_SENSITIVITIES)),
+            min_lesion_volume_mm3=float(block.get("min_lesion_volume_mm3", 0.0)),
+            dataset_id=dataset_id,
+        )
+
+
+def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",),
+                 lesions: Sequence[str] | None = None, malignant: Sequence[str] | None = None,
+                 benign: Sequence[str] | None = None, priority: Sequence[str] | None = None,
+                 sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES, min_lesion_volume_mm3: float = 0.0,
+                 dataset_id: str | int | None = None) -> LesionSchema:
+    """Build a schema, filling defaults from the nine PLUS lesion types.
+
+    ``lesions`` defaults to every label that is neither background nor liver. ``malignant`` / ``benign``
+    default to the PLUS classification of the lesion names (unknown names must then be given explicitly).
+    ``priority`` defaults to malignant lesions first (PLUS order where known), then benign ones, with cyst last.
+    """
+    labels = {str(k): int(v) for k, v in labels.items()}
+    liver = tuple(liver)
+    if lesions is None:
+        lesions = tuple(n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0 and n not in liver)
+    lesions = tuple(lesions)
+    if malignant is None:
+        malignant = tuple(n for n in lesions if n in PLUS_MALIGNANT)
+    if benign is None:
+        benign = tuple(n for n in lesions if n in PLUS_BENIGN)
+    unclassified = [n for n in lesions if n not in malignant and n not in benign]
+    if unclassified:
+        raise SchemaError(f"lesion label(s) {unclassified} are neither malignant nor benign; pass them with "
+                          "--malignant or --benign")
+    if priority is None:
+        order = {n: i for i, n in enumerate(PLUS_LESION_TYPES)}
+        priority = sorted(lesions, key=lambda n: (n not in malignant, order.get(n, len(order) - 1.5), n))
+    return LesionSchema(labels=labels, liver=liver, lesions=lesions, malignant=tuple(malignant),
+                        benign=tuple(benign), priority=tuple(priority),
+                        sensitivities=tuple(float(f) for f in sensitivities),
+                        min_lesion_volume_mm3=float(min_lesion_volume_mm3), dataset_id=dataset_id)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` through a temp file + rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_schema(dataset_json_path: str | os.PathLike, schema: LesionSchema) -> None:
+    """Add / replace the ``"plus"`` block of a dataset.json file, keeping every other key."""
+    path = Path(dataset_json_path)
+    data = json.loads(path.read_text())
+    data[SCHEMA_KEY] = schema.to_block()
+    write_json_atomic(path, data)
