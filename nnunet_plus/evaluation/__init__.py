@@ -1,0 +1,1 @@
+"""Lesion- and patient-level evaluation (the papers metrics), comparison and plots."""
