@@ -1,0 +1,87 @@
+"""Thin variants of nnUNetTrainerPLUS, nnU-Net style: training length and a CPU-sized trainer.
+
+``nnUNetTrainerPLUS_cpuTiny*`` are for tests, the demo and smoke tests on a laptop: a network with a few
+features per stage and few iterations per epoch. They are NOT for real training.
+"""
+from __future__ import annotations
+
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch import nn
+
+from nnunet_plus.trainers.nnUNetTrainerPLUS import nnUNetTrainerPLUS
+
+
+class nnUNetTrainerPLUS_1epoch(nnUNetTrainerPLUS):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+
+
+class nnUNetTrainerPLUS_5epochs(nnUNetTrainerPLUS):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+
+
+class nnUNetTrainerPLUS_50epochs(nnUNetTrainerPLUS):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 50
+
+
+class nnUNetTrainerPLUS_250epochs(nnUNetTrainerPLUS):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 250
+
+
+#: features of the CPU-sized network: BASE * 2**stage, capped at MAX
+CPU_TINY_BASE_FEATURES = 8
+CPU_TINY_MAX_FEATURES = 64
+
+
+class nnUNetTrainerPLUS_cpuTiny(nnUNetTrainerPLUS):
+    """CPU-sized trainer (demo, tests): 8-16-32-64 features, one conv per stage, 30 epochs x 20 iterations,
+    no test-time mirroring. Same plans, data pipeline, loss and validation as nnUNetTrainerPLUS."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 30
+        self.num_iterations_per_epoch = 20
+        self.num_val_iterations_per_epoch = 4
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None  # keeps mirroring augmentation, drops 8x slower TTA
+        return configured
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        kwargs = dict(configuration_manager.network_arch_init_kwargs)
+        n_stages = len(kwargs["features_per_stage"])
+        kwargs["features_per_stage"] = [min(CPU_TINY_BASE_FEATURES * 2 ** i, CPU_TINY_MAX_FEATURES)
+                                        for i in range(n_stages)]
+        kwargs["n_conv_per_stage"] = [1] * n_stages
+        kwargs["n_conv_per_stage_decoder"] = [1] * (n_stages - 1)
+        return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
+
+
+class nnUNetTrainerPLUS_cpuTiny_2epochs(nnUNetTrainerPLUS_cpuTiny):
+    """The CPU-sized trainer for integration tests: 2 epochs x 4 iterations."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 4
+        self.num_val_iterations_per_epoch = 2
