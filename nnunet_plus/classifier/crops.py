@@ -1,0 +1,356 @@
+"""Pure array functions that turn an image volume into the PLUS classifier's inputs.
+
+Axis order is numpy ``(z, y, x)`` and spacings are in mm in that order (nnU-Net's convention). Images are
+``(C, Z, Y, X)`` (all channels kept: multi-phase input works), masks ``(Z, Y, X)``.
+
+Documented choices (the paper is silent on them):
+
+* **Intensity** (:func:`normalise_intensity`): CT channels are clipped to the abdominal window
+  ``[-200, 300]`` HU and mapped linearly to ``[-1, 1]`` (``(x - 50) / 250``); other modalities are
+  z-scored per channel (over a mask when one is given). Air and everything below -200 HU becomes -1.
+* **Lesion ROI** (:func:`lesion_roi`): ``roi_shape`` voxels (default ``(16, 64, 64)``, the paper's
+  64x64x16) at the nnU-Net target spacing, centred on the centre of the lesion's bounding box; channels are
+  the image channels followed by the lesion's own mask (other lesions are not marked). Image: trilinear;
+  mask: linear by default (a soft mask in [0, 1] that keeps partial volume), nearest as an option.
+  Downsampling is anti-aliased (Gaussian, sigma = (step - 1) / 2 input voxels, skimage's rule). Where no
+  resampling is needed along an axis (same spacing), samples are snapped to the input grid so the crop is an
+  exact copy (the centre may then move by half a voxel).
+* **Lesions larger than the ROI** (``large_lesion``): ``"zoom"`` (default) enlarges the field of view by
+  one factor ``s >= 1`` on all axes (aspect kept) so that the bounding box plus ``margin`` times its size on
+  each side fits, and resamples that field of view to ``roi_shape`` (the effective spacing is
+  ``s * target_spacing``; ``s`` is returned by :func:`lesion_grid` so the size information is not lost);
+  ``"crop"`` keeps the fixed field of view and cuts the lesion.
+* **Borders**: the ROI is padded where it leaves the volume: ``pad_mode="constant"`` with ``pad_value``
+  (default: each channel's minimum, i.e. air / the background value), or ``"edge"`` (replicate). Masks are
+  padded with 0.
+* **Liver input** (:func:`liver_input`): voxels outside the liver region are set to ``fill_value``
+  (default each channel's minimum, so the liver outline stays visible), the volume is cropped to the
+  region's bounding box plus ``margin`` and resampled to ``shape`` (default ``(32, 64, 64)``). ``"fit"``
+  (default) keeps the physical aspect ratio: a cube-shaped field of view (side = the bounding box's longest
+  physical side plus margin) sampled with ``shape`` voxels, so a 64-voxel in-plane grid spans the same
+  length as the 32-slice axis; liver shape (shrunken, enlarged, nodular) is preserved.
+  ``"stretch"`` maps the bounding box to ``shape`` axis by axis.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+DEFAULT_ROI_SHAPE: tuple[int, int, int] = (16, 64, 64)
+DEFAULT_LIVER_SHAPE: tuple[int, int, int] = (32, 64, 64)
+DEFAULT_CT_WINDOW: tuple[float, float] = (-200.0, 300.0)
+NORMALISATIONS: tuple[str, ...] = ("ct", "zscore", "none")
+LARGE_LESION_RULES: tuple[str, ...] = ("zoom", "crop")
+PAD_MODES: tuple[str, ...] = ("constant", "edge")
+LIVER_FIT_MODES: tuple[str, ...] = ("fit", "stretch")
+_SNAP_TOL = 1e-6
+
+
+# ---- intensity --------------------------------------------------------------------------------------------
+def normalise_intensity(image: np.ndarray, *, scheme: str | Sequence[str] = "ct",
+                        ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
+                        mask: np.ndarray | None = None) -> np.ndarray:
+    """Normalise each channel of ``image`` (C, Z, Y, X); returns a new float32 array of the same shape.
+
+    ``scheme`` is one name for all channels or one per channel: ``"ct"`` clips to ``ct_window`` (HU) and maps
+    it linearly to [-1, 1]; ``"zscore"`` subtracts the mean and divides by the standard deviation computed
+    over ``mask`` (Z, Y, X) voxels when given and non-empty, else over the whole channel (std 0 -> 1);
+    ``"none"`` only casts.
+    """
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
+    schemes = [scheme] * image.shape[0] if isinstance(scheme, str) else list(scheme)
+    if len(schemes) != image.shape[0]:
+        raise ValueError(f"{len(schemes)} normalisation schemes for {image.shape[0]} channels")
+    unknown = sorted(set(schemes) - set(NORMALISATIONS))
+    if unknown:
+        raise ValueError(f"unknown normalisation {unknown}; choose from {NORMALISATIONS}")
+    lo, hi = (float(v) for v in ct_window)
+    if not hi > lo:
+        raise ValueError(f"ct_window must be (low, high) with high > low, got {tuple(ct_window)}")
+    if mask is not None and mask.shape != image.shape[1:]:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[1:]}")
+    use_mask = mask is not None and bool(np.any(mask))
+    out = np.empty(image.shape, dtype=np.float32)
+    for c, name in enumerate(schemes):
+        channel = image[c].astype(np.float32)
+        if name == "ct":
+            np.clip(channel, lo, hi, out=channel)
+            channel = (channel - (lo + hi) / 2.0) / ((hi - lo) / 2.0)
+        elif name == "zscore":
+            values = channel[mask.astype(bool)] if use_mask else channel
+            mean = float(values.mean(dtype=np.float64))
+            std = float(values.std(dtype=np.float64))
+            channel = (channel - mean) / (std if std > 0 else 1.0)
+        out[c] = channel
+    return out
+
+
+# ---- sampling grids ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingGrid:
+    """An axis-aligned output grid placed in an input volume (numpy order).
+
+    Attributes
+    ----------
+    centre : input voxel coordinates of the grid's centre.
+    step : input voxels per output voxel along each axis (> 1 means downsampling).
+    shape : output shape.
+    """
+
+    centre: tuple[float, float, float]
+    step: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+    def positions(self, axis: int) -> np.ndarray:
+        """Input coordinates of the output voxel centres along ``axis`` (snapped when step is 1)."""
+        n, step = self.shape[axis], self.step[axis]
+        first = self.centre[axis] - (n - 1) / 2.0 * step
+        if abs(step - 1.0) < _SNAP_TOL:
+            first = math.floor(first + 0.5)
+        return first + np.arange(n) * step
+
+
+def _check_3(name: str, values: Sequence[float], *, positive: bool = True) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in values)
+    if len(values) != 3 or (positive and any(not v > 0 for v in values)):
+        raise ValueError(f"{name} must be three positive numbers (z, y, x), got {values}")
+    return values
+
+
+def _check_shape(name: str, shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise ValueError(f"{name} must be three positive integers (z, y, x), got {shape}")
+    return shape
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int, int, int]:
+    """``[z0, y0, x0, z1, y1, x1]`` (end exclusive) of the non-zero voxels of ``mask`` (Z, Y, X)."""
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (Z, Y, X), got shape {mask.shape}")
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(np.any(mask, axis=other))
+        if idx.size == 0:
+            raise ValueError("mask is empty: no voxel to take a bounding box of")
+        lo.append(int(idx[0]))
+        hi.append(int(idx[-1]) + 1)
+    return (*lo, *hi)
+
+
+def lesion_grid(bbox: Sequence[int], *, spacing: Sequence[float], target_spacing: Sequence[float],
+                roi_shape: Sequence[int] = DEFAULT_ROI_SHAPE, large_lesion: str = "zoom",
+                margin: float = 0.25) -> tuple[SamplingGrid, float]:
+    """The ROI grid of a lesion with bounding box ``bbox`` ``[z0, y0, x0, z1, y1, x1]`` (end exclusive).
+
+    Returns ``(grid, scale)``: the grid is centred on the box centre with output spacing
+    ``scale * target_spacing`` mm; ``scale`` is 1 unless ``large_lesion="zoom"`` and the box plus ``margin``
+    times its extent on each side exceeds the ROI's field of view ``roi_shape * target_spacing``.
+    """
+    spacing = _check_3("spacing", spacing)
+    target_spacing = _check_3("target_spacing", target_spacing)
+    roi_shape = _check_shape("roi_shape", roi_shape)
+    if large_lesion not in LARGE_LESION_RULES:
+        raise ValueError(f"unknown large_lesion rule {large_lesion!r}; choose from {LARGE_LESION_RULES}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if len(bbox) != 6 or any(int(bbox[a + 3]) <= int(bbox[a]) for a in range(3)):
+        raise ValueError(f"bbox must be [z0, y0, x0, z1, y1, x1] with z1 > z0 etc., got {list(bbox)}")
+    lo = [int(v) for v in bbox[:3]]
+    hi = [int(v) for v in bbox[3:]]
+    centre = tuple((lo[a] + hi[a] - 1) / 2.0 for a in range(3))
+    scale = 1.0
+    if large_lesion == "zoom":
+        needed = [(hi[a] - lo[a]) * spacing[a] * (1.0 + 2.0 * margin) for a in range(3)]
+        fov = [roi_shape[a] * target_spacing[a] for a in range(3)]
+        scale = max(1.0, max(needed[a] / fov[a] for a in range(3)))
+    step = tuple(scale * target_spacing[a] / spacing[a] for a in range(3))
+    return SamplingGrid(centre=centre, step=step, shape=roi_shape), scale
+
+
+def _block_bounds(grid: SamplingGrid, antialias: bool) -> tuple[list[int], list[int], list[float]]:
+    """Input index range [lo, hi) the grid reads (with the smoothing kernel's reach) and the sigmas."""
+    lo, hi, sigma = [], [], []
+    for axis in range(3):
+        pos = grid.positions(axis)
+        s = max(0.0, (grid.step[axis] - 1.0) / 2.0) if antialias else 0.0
+        reach = int(4.0 * s + 0.5) + 1 if s > 0 else 0
+        lo.append(math.floor(pos[0]) - reach)
+        hi.append(math.floor(pos[-1]) + 2 + reach)
+        sigma.append(s)
+    return lo, hi, sigma
+
+
+def _padded_block(volume: np.ndarray, lo: Sequence[int], hi: Sequence[int], *, pad_mode: str,
+                  pad_value: float) -> np.ndarray:
+    """``volume[lo:hi]`` (a copy) with the parts outside the volume padded (constant or edge)."""
+    if pad_mode == "edge":
+        index = [np.clip(np.arange(lo[a], hi[a]), 0, volume.shape[a] - 1) for a in range(3)]
+        return volume[np.ix_(*index)]
+    dtype = np.result_type(volume.dtype, np.min_scalar_type(pad_value))
+    block = np.full([hi[a] - lo[a] for a in range(3)], pad_value, dtype=dtype)
+    src = tuple(slice(max(lo[a], 0), min(hi[a], volume.shape[a])) for a in range(3))
+    dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
+    if all(s.stop > s.start for s in src):
+        block[dst] = volume[src]
+    return block
+
+
+def _resample_block(block: np.ndarray, grid: SamplingGrid, lo: Sequence[int], sigma: Sequence[float], *,
+                    order: int) -> np.ndarray:
+    """Anti-alias (when sigma > 0) and interpolate ``block`` (whose index 0 is input index ``lo``)."""
+    block = block.astype(np.float32, copy=False)
+    if order == 1 and any(s > 0 for s in sigma):
+        block = ndimage.gaussian_filter(block, sigma=sigma, mode="nearest", truncate=4.0)
+    offset = [grid.positions(a)[0] - lo[a] for a in range(3)]
+    return ndimage.affine_transform(block, np.asarray(grid.step), offset=offset, output_shape=grid.shape,
+                                    order=order, mode="nearest", prefilter=False, output=np.float32)
+
+
+def sample_grid(volume: np.ndarray, grid: SamplingGrid, *, order: int = 1, pad_mode: str = "constant",
+                pad_value: float = 0.0, antialias: bool = True) -> np.ndarray:
+    """Resample one (Z, Y, X) volume on ``grid``; returns ``grid.shape`` float32.
+
+    Only the block the grid covers is read. ``order`` 1 = (tri)linear, 0 = nearest (never smoothed).
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"unknown pad_mode {pad_mode!r}; choose from {PAD_MODES}")
+    lo, hi, sigma = _block_bounds(grid, antialias and order == 1)
+    block = _padded_block(volume, lo, hi, pad_mode=pad_mode, pad_value=pad_value)
+    return _resample_block(block, grid, lo, sigma, order=order)
+
+
+def _pad_values(image: np.ndarray, pad_value: float | Sequence[float] | None) -> list[float]:
+    if pad_value is None:
+        return [float(image[c].min()) for c in range(image.shape[0])]
+    if np.ndim(pad_value) == 0:
+        return [float(pad_value)] * image.shape[0]
+    values = [float(v) for v in pad_value]
+    if len(values) != image.shape[0]:
+        raise ValueError(f"{len(values)} pad values for {image.shape[0]} channels")
+    return values
+
+
+# ---- lesion ROIs -------------------------------------------------------------------------------------------
+def candidate_rois(image: np.ndarray, instances: np.ndarray, lesion_ids: Sequence[int],
+                   bboxes: Sequence[Sequence[int]], *, spacing: Sequence[float], target_spacing: Sequence[float],
+                   roi_shape: Sequence[int] = DEFAULT_ROI_SHAPE, large_lesion: str = "zoom", margin: float = 0.25,
+                   pad_mode: str = "constant", pad_value: float | Sequence[float] | None = None,
+                   mask_order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """ROIs of several lesions of one instance map (see :func:`lesion_roi` for the rules).
+
+    ``instances`` (Z, Y, X) int: lesion ``lesion_ids[i]`` has bounding box ``bboxes[i]``. Returns
+    ``(rois (N, C + 1, *roi_shape) float32, scales (N,) float32)``; only the blocks around the lesions are read.
+    """
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
+    if instances.shape != image.shape[1:]:
+        raise ValueError(f"instance map shape {instances.shape} does not match image shape {image.shape[1:]}")
+    if len(lesion_ids) != len(bboxes):
+        raise ValueError(f"{len(lesion_ids)} lesion ids but {len(bboxes)} bounding boxes")
+    if mask_order not in (0, 1):
+        raise ValueError(f"mask_order must be 0 (nearest) or 1 (linear), got {mask_order}")
+    roi_shape = _check_shape("roi_shape", roi_shape)
+    pads = _pad_values(image, pad_value)
+    rois = np.empty((len(lesion_ids), image.shape[0] + 1, *roi_shape), dtype=np.float32)
+    scales = np.empty(len(lesion_ids), dtype=np.float32)
+    for i, (lesion_id, bbox) in enumerate(zip(lesion_ids, bboxes)):
+        grid, scales[i] = lesion_grid(bbox, spacing=spacing, target_spacing=target_spacing, roi_shape=roi_shape,
+                                      large_lesion=large_lesion, margin=margin)
+        for c in range(image.shape[0]):
+            rois[i, c] = sample_grid(image[c], grid, order=1, pad_mode=pad_mode, pad_value=pads[c])
+        lo, hi, sigma = _block_bounds(grid, mask_order == 1)
+        block = _padded_block(instances, lo, hi, pad_mode="constant", pad_value=0) == lesion_id
+        rois[i, -1] = _resample_block(block, grid, lo, sigma, order=mask_order)
+    return rois, scales
+
+
+def lesion_roi(image: np.ndarray, lesion_mask: np.ndarray, *, spacing: Sequence[float],
+               target_spacing: Sequence[float], roi_shape: Sequence[int] = DEFAULT_ROI_SHAPE,
+               large_lesion: str = "zoom", margin: float = 0.25, pad_mode: str = "constant",
+               pad_value: float | Sequence[float] | None = None, mask_order: int = 1) -> np.ndarray:
+    """The classifier's lesion input: ``(C + 1, *roi_shape)`` float32 = image channels + the lesion mask.
+
+    Parameters
+    ----------
+    image : (C, Z, Y, X) array with voxel ``spacing`` (z, y, x) mm (normalise it first).
+    lesion_mask : (Z, Y, X) bool, the lesion's voxels (non-empty).
+    target_spacing : ROI voxel spacing (z, y, x) mm, normally nnU-Net's target spacing.
+    roi_shape : ROI voxels (z, y, x), default (16, 64, 64).
+    large_lesion : ``"zoom"`` (enlarge the field of view to the bounding box + ``margin`` x extent on each side,
+        aspect kept, resampled to ``roi_shape``) or ``"crop"`` (fixed field of view).
+    pad_mode, pad_value : outside the volume, ``"constant"`` ``pad_value`` (default per-channel minimum) or
+        ``"edge"``. The mask is padded with 0.
+    mask_order : 1 = linear (soft mask, default), 0 = nearest (binary).
+    """
+    lesion_mask = np.asarray(lesion_mask)
+    if lesion_mask.ndim != 3:
+        raise ValueError(f"lesion_mask must be (Z, Y, X), got shape {lesion_mask.shape}")
+    bbox = bounding_box(lesion_mask)
+    rois, _ = candidate_rois(image, lesion_mask.astype(np.uint8), [1], [bbox], spacing=spacing,
+                             target_spacing=target_spacing, roi_shape=roi_shape, large_lesion=large_lesion,
+                             margin=margin, pad_mode=pad_mode, pad_value=pad_value, mask_order=mask_order)
+    return rois[0]
+
+
+# ---- liver input -------------------------------------------------------------------------------------------
+def liver_grid(bbox: Sequence[int], *, spacing: Sequence[float], shape: Sequence[int] = DEFAULT_LIVER_SHAPE,
+               mode: str = "fit", margin: float = 0.05) -> SamplingGrid:
+    """The liver input's grid over the liver region's bounding box ``bbox`` (see the module docstring)."""
+    spacing = _check_3("spacing", spacing)
+    shape = _check_shape("shape", shape)
+    if mode not in LIVER_FIT_MODES:
+        raise ValueError(f"unknown liver input mode {mode!r}; choose from {LIVER_FIT_MODES}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    lo = [int(v) for v in bbox[:3]]
+    hi = [int(v) for v in bbox[3:]]
+    extent = [(hi[a] - lo[a]) * spacing[a] * (1.0 + 2.0 * margin) for a in range(3)]
+    if mode == "fit":
+        out_spacing = [max(extent) / shape[a] for a in range(3)]
+    else:
+        out_spacing = [extent[a] / shape[a] for a in range(3)]
+    return SamplingGrid(centre=tuple((lo[a] + hi[a] - 1) / 2.0 for a in range(3)),
+                        step=tuple(out_spacing[a] / spacing[a] for a in range(3)), shape=shape)
+
+
+def liver_input(image: np.ndarray, liver_region_mask: np.ndarray, *, spacing: Sequence[float],
+                shape: Sequence[int] = DEFAULT_LIVER_SHAPE, mode: str = "fit", margin: float = 0.05,
+                fill_value: float | Sequence[float] | None = None) -> np.ndarray:
+    """The classifier's liver input: ``(C, *shape)`` float32.
+
+    ``image`` (C, Z, Y, X) with voxel ``spacing`` (z, y, x) mm; ``liver_region_mask`` (Z, Y, X) = liver and
+    lesion voxels of the predicted label map (non-empty). Voxels outside the region are set to ``fill_value``
+    (default per-channel minimum), the region's bounding box plus ``margin`` is resampled (trilinear,
+    anti-aliased) to ``shape``: ``mode="fit"`` keeps the physical aspect (cube field of view), ``"stretch"``
+    fills ``shape`` axis by axis.
+    """
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
+    liver_region_mask = np.asarray(liver_region_mask)
+    if liver_region_mask.shape != image.shape[1:]:
+        raise ValueError(f"liver mask shape {liver_region_mask.shape} does not match image shape "
+                         f"{image.shape[1:]}")
+    grid = liver_grid(bounding_box(liver_region_mask), spacing=spacing, shape=shape, mode=mode, margin=margin)
+    fills = _pad_values(image, fill_value)
+    lo, hi, sigma = _block_bounds(grid, True)
+    inside = _padded_block(liver_region_mask.astype(bool, copy=False), lo, hi, pad_mode="constant",
+                           pad_value=0).astype(bool)
+    out = np.empty((image.shape[0], *grid.shape), dtype=np.float32)
+    for c in range(image.shape[0]):
+        block = _padded_block(image[c], lo, hi, pad_mode="constant", pad_value=fills[c])
+        out[c] = _resample_block(np.where(inside, block, fills[c]), grid, lo, sigma, order=1)
+    return out

@@ -1,0 +1,186 @@
+"""Pure array functions of the candidate bank: intensity, lesion ROIs, liver input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnunet_plus.classifier.crops import (bounding_box, candidate_rois, lesion_grid, lesion_roi, liver_input,
+                                          normalise_intensity, sample_grid)
+
+
+def _ramp_image(shape=(40, 100, 100), channels=1):
+    """Channel c holds 1000*c + 10000*z + 100*y + x: every voxel identifies its position."""
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    return np.stack([1000.0 * c + 10000.0 * z + 100.0 * y + x for c in range(channels)]).astype(np.float32)
+
+
+# ---- intensity ----------------------------------------------------------------------------------------------
+def test_ct_window_maps_to_minus_one_one():
+    image = np.array([-1000.0, -200.0, 50.0, 300.0, 2000.0], dtype=np.float32).reshape(1, 1, 1, 5)
+    out = normalise_intensity(image, scheme="ct")
+    np.testing.assert_allclose(out.ravel(), [-1.0, -1.0, 0.0, 1.0, 1.0])
+    assert out.dtype == np.float32
+    assert image[0, 0, 0, 0] == -1000.0  # input untouched
+
+
+def test_zscore_per_channel_with_mask():
+    image = np.zeros((2, 1, 1, 4), dtype=np.float32)
+    image[0, 0, 0] = [1.0, 3.0, 100.0, 100.0]
+    image[1, 0, 0] = [-1000.0, -1000.0, 50.0, 60.0]
+    mask = np.array([True, True, False, False]).reshape(1, 1, 4)
+    out = normalise_intensity(image, scheme=("zscore", "ct"), mask=mask)
+    # channel 0: mean 2, std 1 over the mask
+    np.testing.assert_allclose(out[0].ravel(), [-1.0, 1.0, 98.0, 98.0])
+    np.testing.assert_allclose(out[1].ravel(), [-1.0, -1.0, 0.0, 0.04], atol=1e-6)
+
+
+def test_normalise_rejects_bad_input():
+    with pytest.raises(ValueError, match="schemes for 2 channels"):
+        normalise_intensity(np.zeros((2, 1, 1, 1)), scheme=("ct",))
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalise_intensity(np.zeros((1, 1, 1, 1)), scheme="mri")
+
+
+# ---- lesion ROI ---------------------------------------------------------------------------------------------
+def test_roi_is_exact_copy_at_same_spacing_and_centred():
+    image = _ramp_image()
+    mask = np.zeros(image.shape[1:], bool)
+    mask[20:23, 50:53, 40:43] = True  # centre voxel (21, 51, 41)
+    roi = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1))
+    assert roi.shape == (2, 16, 64, 64) and roi.dtype == np.float32
+    # first sample at centre - (D - 1) / 2 = 13.5 / 19.5 / 9.5, snapped to 14 / 20 / 10
+    np.testing.assert_array_equal(roi[0], image[0, 14:30, 20:84, 10:74])
+    np.testing.assert_array_equal(roi[1], mask[14:30, 20:84, 10:74])
+    coords = np.argwhere(roi[1] > 0.5)
+    # the lesion's centre lands within half a voxel of the ROI's centre (7.5, 31.5, 31.5)
+    np.testing.assert_allclose(coords.mean(0), [7.0, 31.0, 31.0])
+
+
+def test_roi_anisotropic_resampling():
+    # input 1 x 0.5 x 0.5 mm, target 2 x 1 x 1 mm: every output step covers 2 input voxels on each axis
+    image = _ramp_image((60, 160, 160))
+    mask = np.zeros(image.shape[1:], bool)
+    mask[29:32, 79:82, 79:82] = True  # centre (30, 80, 80)
+    grid, scale = lesion_grid(bounding_box(mask), spacing=(1, 0.5, 0.5), target_spacing=(2, 1, 1))
+    assert scale == 1.0 and grid.step == (2.0, 2.0, 2.0)
+    roi = lesion_roi(image, mask, spacing=(1, 0.5, 0.5), target_spacing=(2, 1, 1))
+    assert roi.shape == (2, 16, 64, 64)
+    # sample positions: 30 + (o - 7.5) * 2 along z, 80 + (o - 31.5) * 2 in-plane; a linear ramp is unchanged by
+    # linear interpolation and by symmetric Gaussian smoothing away from the borders
+    o = 7
+    expected = 10000.0 * (30 + (o - 7.5) * 2) + 100.0 * (80 + (31 - 31.5) * 2) + (80 + (33 - 31.5) * 2)
+    assert roi[0, o, 31, 33] == pytest.approx(expected, rel=1e-5)
+    assert roi[1].max() > 0.5 and roi[1, 7:9, 31:33, 31:33].min() > 0.2
+
+
+def test_roi_at_volume_border_is_padded_with_minimum_or_edge():
+    image = _ramp_image((20, 40, 40)) + 5.0
+    mask = np.zeros(image.shape[1:], bool)
+    mask[0:2, 0:2, 0:2] = True  # corner lesion, centre (0.5, 0.5, 0.5)
+    roi = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1))
+    # first samples at 0.5 - 7.5 = -7 (z) and 0.5 - 31.5 = -31 (y, x): indices < 0 are padding
+    assert np.all(roi[0, :7] == 5.0) and np.all(roi[0, :, :31] == 5.0)  # image minimum = 5
+    np.testing.assert_array_equal(roi[0, 7:, 31:, 31:], image[0, 0:9, 0:33, 0:33])
+    np.testing.assert_array_equal(np.argwhere(roi[1] > 0.5).min(0), [7, 31, 31])
+    assert roi[1].sum() == 8
+    edge = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1), pad_mode="edge")
+    assert edge[0, 0, 0, 0] == image[0, 0, 0, 0]
+    np.testing.assert_array_equal(edge[0, 0, 31:, 31:], image[0, 0, 0:33, 0:33])
+    fixed = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1), pad_value=-7.0)
+    assert fixed[0, 0, 0, 0] == -7.0
+
+
+def test_big_lesion_zoom_rule_keeps_aspect_and_fits_lesion():
+    image = np.zeros((1, 60, 120, 120), np.float32)
+    mask = np.zeros(image.shape[1:], bool)
+    mask[10:50, 20:100, 40:80] = True  # 40 x 80 x 40 voxels at 1 mm
+    grid, scale = lesion_grid(bounding_box(mask), spacing=(1, 1, 1), target_spacing=(1, 1, 1), margin=0.25)
+    # needed extent = size * 1.5 = (60, 120, 60) mm vs field of view (16, 64, 64) -> scale = 60 / 16 = 3.75
+    assert scale == pytest.approx(3.75)
+    assert grid.step == pytest.approx((3.75, 3.75, 3.75))
+    roi = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1), mask_order=0)
+    inside = np.argwhere(roi[1] > 0.5)
+    lo, hi = inside.min(0), inside.max(0) + 1
+    # the lesion spans size / 3.75 output voxels: (10.7, 21.3, 10.7), none of it touches the ROI border
+    np.testing.assert_allclose(hi - lo, [40 / 3.75, 80 / 3.75, 40 / 3.75], atol=1.0)
+    assert lo.min() >= 2 and np.all(hi <= np.array([14, 62, 62]))
+    cropped = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1), large_lesion="crop",
+                         mask_order=0)
+    # fixed 16 x 64 x 64 field of view: inside the lesion along z and y, the 40 lesion columns of 64 along x
+    assert np.all(cropped[1, :, :, 12:52] == 1.0) and cropped[1].sum() == 16 * 64 * 40
+
+
+def test_small_lesion_is_not_zoomed_anisotropic():
+    grid, scale = lesion_grid([0, 0, 0, 5, 20, 20], spacing=(5.0, 0.7, 0.7), target_spacing=(2.5, 0.8, 0.8))
+    # 25 mm * 1.5 = 37.5 <= 40 mm (z); 14 mm * 1.5 = 21 <= 51.2 mm in-plane
+    assert scale == 1.0
+    assert grid.step == pytest.approx((0.5, 0.8 / 0.7, 0.8 / 0.7))
+
+
+def test_candidate_rois_uses_only_its_own_lesion_and_multichannel():
+    image = _ramp_image((30, 80, 80), channels=3)
+    instances = np.zeros(image.shape[1:], np.int32)
+    instances[10:12, 30:34, 30:34] = 1
+    instances[10:12, 36:40, 36:40] = 2  # neighbour inside the first ROI
+    rois, scales = candidate_rois(image, instances, [1, 2], [[10, 30, 30, 12, 34, 34], [10, 36, 36, 12, 40, 40]],
+                                  spacing=(1, 1, 1), target_spacing=(1, 1, 1), mask_order=0)
+    assert rois.shape == (2, 4, 16, 64, 64)
+    np.testing.assert_array_equal(scales, [1.0, 1.0])
+    assert rois[0, 3].sum() == 32 and rois[1, 3].sum() == 32
+    # channels keep their own values: channel c = channel 0 + 1000 c
+    np.testing.assert_array_equal(rois[0, 2] - rois[0, 0], 2000.0)
+
+
+def test_roi_rejects_empty_mask():
+    with pytest.raises(ValueError, match="mask is empty"):
+        lesion_roi(np.zeros((1, 4, 4, 4)), np.zeros((4, 4, 4), bool), spacing=(1, 1, 1), target_spacing=(1, 1, 1))
+
+
+def test_sample_grid_downsampling_is_antialiased():
+    stripes = (np.indices((8, 64, 64))[1] % 2).astype(np.float32)  # rows alternate 0 / 1, local mean 0.5
+    grid, _ = lesion_grid([0, 0, 0, 8, 63, 63], spacing=(1, 1, 1), target_spacing=(1, 2, 2), roi_shape=(8, 16, 16),
+                          large_lesion="crop")
+    # centre row 31, step 2: samples at rows 31 + (o - 7.5) * 2 = 16, 18, ... (even rows, value 0)
+    raw = sample_grid(stripes, grid, pad_mode="edge", antialias=False)
+    assert np.all(raw == 0.0)  # aliased to a false constant
+    smooth = sample_grid(stripes, grid, pad_mode="edge")
+    np.testing.assert_allclose(smooth, 0.5, atol=0.1)
+
+
+# ---- liver input --------------------------------------------------------------------------------------------
+def test_liver_input_shape_masking_and_fit_aspect():
+    image = np.full((2, 40, 100, 100), 7.0, np.float32)
+    image[1] = 3.0
+    image[:, 0, 0, 0] = -1.0  # the background minimum
+    liver = np.zeros(image.shape[1:], bool)
+    liver[10:30, 20:60, 30:90] = True  # 20 x 40 x 60 mm at 1 mm
+    image[:, 10:30, 20:60, 30:90] = [[[[5.0]]], [[[9.0]]]]
+    out = liver_input(image, liver, spacing=(1, 1, 1), shape=(32, 64, 64), margin=0.0)
+    assert out.shape == (2, 32, 64, 64) and out.dtype == np.float32
+    # fit: cube field of view of 60 mm -> output spacing (60/32, 60/64, 60/64); the liver spans
+    # 20 / 1.875 = 10.7 slices, 40 / 0.9375 = 42.7 rows and all 64 columns
+    inside = np.argwhere(out[0] > 4.0)
+    extent = inside.max(0) - inside.min(0) + 1
+    np.testing.assert_allclose(extent, [10.7, 42.7, 64], atol=1.5)
+    # outside the liver region: the fill value (channel minimum), never the outside image value 7 / 3
+    assert out[0, 0, 0, 0] == -1.0 and out[1, 0, 0, 0] == -1.0
+    assert out[0].max() <= 5.0 + 1e-5 and out[1].max() == pytest.approx(9.0)
+    stretched = liver_input(image, liver, spacing=(1, 1, 1), mode="stretch", margin=0.0)
+    assert np.all(stretched[0, 1:-1, 1:-1, 1:-1] == pytest.approx(5.0))
+
+
+def test_liver_input_anisotropic_spacing_keeps_physical_aspect():
+    image = np.zeros((1, 20, 100, 100), np.float32)
+    liver = np.zeros(image.shape[1:], bool)
+    liver[5:15, 10:90, 10:90] = True  # 10 slices at 5 mm = 50 mm; 80 voxels at 1 mm = 80 mm
+    image[0][liver] = 1.0
+    out = liver_input(image, liver, spacing=(5, 1, 1), shape=(32, 64, 64), margin=0.0)
+    inside = np.argwhere(out[0] > 0.5)
+    extent = inside.max(0) - inside.min(0) + 1
+    # cube of 80 mm: z spacing 2.5 mm -> 50 / 2.5 = 20 slices; in-plane 1.25 mm -> 64 voxels
+    np.testing.assert_allclose(extent, [20, 64, 64], atol=1.0)
+
+
+def test_liver_input_rejects_empty_region():
+    with pytest.raises(ValueError, match="mask is empty"):
+        liver_input(np.zeros((1, 4, 4, 4)), np.zeros((4, 4, 4), bool), spacing=(1, 1, 1))
