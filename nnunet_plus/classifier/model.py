@@ -3,7 +3,7 @@
 Inputs of one batch (a set of ``B`` patients with ``N`` lesion candidates in all; ``N`` may be 0):
 
 * ``lesion_crops`` ``(N, in_channels + 1, Dz, Dy, Dx)``: every image channel of the lesion ROI plus the
-  candidate's binary mask as the last channel (paper ROI: 64x64x16 voxels, i.e. ``Dz, Dy, Dx = 16, 64, 64``).
+  candidate's mask (in [0, 1]) as the last channel (paper ROI: 64x64x16 voxels, i.e. ``Dz, Dy, Dx = 16, 64, 64``).
   The paper feeds ``I * M_s`` to E^S; we give the mask as a channel instead, so the encoder sees the
   lesion border and its surroundings and can still learn to mask.
 * ``priors`` ``(N, C)``: nnU-Net's prior ``P`` per candidate, e.g. the mean softmax of each of the ``C``
@@ -21,6 +21,31 @@ described in :mod:`nnunet_plus.classifier.fusion`.
 
 A checkpoint rebuilds the network with ``PLUSClassifier.from_config(model.to_config())`` (a JSON-ready dict)
 followed by ``load_state_dict``.
+
+Contract for the candidate bank and the trainer (issue 5, items 1 and 4)
+------------------------------------------------------------------------
+* Class order: ``schema.lesions`` gives columns ``0..C-1`` of ``priors`` and of the logits; the target of a
+  candidate is the index of its matched reference lesion type, or ``C`` ("not a lesion") for a false
+  positive. ``malignant_classes`` / ``benign_classes`` of the loss are
+  ``[schema.lesions.index(name) for name in schema.malignant]`` (and ``benign``).
+* Crop geometry: ROI ``(Dz, Dy, Dx) = (16, 64, 64)`` at nnU-Net's target spacing, nnU-Net-normalised image
+  channels, mask channel last with values in [0, 1] (binary or soft). Any size works as long as the final feature map of the
+  encoders (total stride ``(8, 16, 16)``) keeps more than one voxel; sizes that are not multiples of the
+  stride are zero-padded. All candidates of a batch share one crop shape; all livers share one liver shape.
+* A batch is built from whole patients: concatenate the patients' candidates (a patient may have none),
+  stack their livers, and set ``lesion_to_patient`` to each candidate's row in the liver stack. Per patient
+  the loss also needs ``patient_malignant`` and ``patient_tumor`` (0/1, from the reference, not from the
+  candidates: a tumour patient whose lesions were all missed by nnU-Net still has label 1).
+* Training step: ``logits = model(crops, priors, liver, index)`` under autocast, then
+  ``plus_loss(logits, targets, index, patient_malignant, patient_tumor, num_patients=B, malignant_classes=...,
+  benign_classes=..., class_weights=inverse_frequency_weights(train_counts))``; for ``fusion="distill"``
+  (``model.needs_prior_target``) add ``distill_targets=prior_distribution(priors)`` and
+  ``distill_weight=DEFAULT_DISTILL_WEIGHT``.
+* Inference: ``softmax(logits)``; a candidate is kept as a lesion unless "not a lesion" wins; its type is the
+  arg-max over the first ``C`` columns; the patient's malignant / tumour probabilities are the maxima over
+  its candidates of the summed malignant / (malignant + benign) columns, as in the loss.
+* Each lesion's logits depend only on its own crop, prior and its patient's liver (instance norm, per-lesion
+  attention), so results do not depend on how candidates are batched.
 """
 from __future__ import annotations
 
