@@ -3,7 +3,7 @@
 Inputs of one batch (a set of ``B`` patients with ``N`` lesion candidates in all; ``N`` may be 0):
 
 * ``lesion_crops`` ``(N, in_channels + 1, Dz, Dy, Dx)``: every image channel of the lesion ROI plus the
-  candidate's mask (in [0, 1]) as the last channel (paper ROI: 64x64x16 voxels, i.e. ``Dz, Dy, Dx = 16, 64, 64``).
+  candidate's mask (in [0, 1]) as the last channel (paper ROI: 64x64x16 voxels, ``Dz, Dy, Dx = 16, 64, 64``).
   The paper feeds ``I * M_s`` to E^S; we give the mask as a channel instead, so the encoder sees the
   lesion border and its surroundings and can still learn to mask.
 * ``priors`` ``(N, C)``: nnU-Net's prior ``P`` per candidate, e.g. the mean softmax of each of the ``C``
@@ -28,10 +28,10 @@ Contract for the candidate bank and the trainer (issue 5, items 1 and 4)
   candidate is the index of its matched reference lesion type, or ``C`` ("not a lesion") for a false
   positive. ``malignant_classes`` / ``benign_classes`` of the loss are
   ``[schema.lesions.index(name) for name in schema.malignant]`` (and ``benign``).
-* Crop geometry: ROI ``(Dz, Dy, Dx) = (16, 64, 64)`` at nnU-Net's target spacing, nnU-Net-normalised image
-  channels, mask channel last with values in [0, 1] (binary or soft). Any size works as long as the final feature map of the
-  encoders (total stride ``(8, 16, 16)``) keeps more than one voxel; sizes that are not multiples of the
-  stride are zero-padded. All candidates of a batch share one crop shape; all livers share one liver shape.
+* Crop geometry: ROI ``(Dz, Dy, Dx) = (16, 64, 64)`` at nnU-Net's target spacing, normalised image
+  channels, mask channel last with values in [0, 1] (binary or soft). Any size works as long as the final
+  feature map of the encoders (total stride ``(8, 16, 16)``) keeps more than one voxel; sizes that are not
+  multiples of the stride are zero-padded. All candidates of a batch share one crop shape; all livers share one liver shape.
 * A batch is built from whole patients: concatenate the patients' candidates (a patient may have none),
   stack their livers, and set ``lesion_to_patient`` to each candidate's row in the liver stack. Per patient
   the loss also needs ``patient_malignant`` and ``patient_tumor`` (0/1, from the reference, not from the
