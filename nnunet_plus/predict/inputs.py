@@ -1,0 +1,274 @@
+"""Find the cases of an input folder and read them as nnU-Net does, with clear errors naming the file.
+
+The naming rule (one rule for every input folder)
+-------------------------------------------------
+Every non-hidden entry of the folder (not its subfolders' contents) is looked at:
+
+* a **file** whose name without its image extension ends in ``_XXXX`` (4 digits) is channel ``XXXX`` of case
+  ``<name without _XXXX>`` (nnU-Net's naming: ``case_0000.nii.gz``, ``case_0001.nii.gz``, ...);
+* any **other image file** is a single-channel case named by its file name without extension
+  (``liver_ct.nrrd`` -> case ``liver_ct``); allowed only for single-channel models;
+* a **folder** is a DICOM series (read with SimpleITK's ``ImageSeriesReader``), a single-channel case named
+  by the folder; it must hold exactly one series;
+* a file with an unknown extension is reported as a failed case (not silently skipped), the data files of
+  header formats (``.raw``, ``.zraw``, ``.img``) are skipped.
+
+Image extensions: every format SimpleITK reads, see :data:`IMAGE_EXTENSIONS`. Arrays are returned as nnU-Net's
+``SimpleITKIO`` returns them: ``(C, Z, Y, X)`` float32 with the spacing reversed to (z, y, x).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+#: File extensions read as images (longest first so that ``.nii.gz`` wins over ``.gz``-less variants).
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".nii.gz", ".gipl.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".hdr", ".dcm", ".tif", ".tiff",
+    ".vtk", ".pic", ".lsm", ".png", ".jpg", ".jpeg", ".bmp",
+)
+#: Data files of header + data formats (read through their header), skipped during discovery.
+COMPANION_EXTENSIONS: tuple[str, ...] = (".raw", ".zraw", ".img", ".img.gz")
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_GEOMETRY_ATOL_MM = 1e-4
+_DIRECTION_ATOL = 1e-5
+
+
+class InputError(ValueError):
+    """A problem with an input case or folder; the message names the offending file."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical geometry of an image as SimpleITK gives it (all tuples in SimpleITK's x, y, z order)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(int(s) for s in image.GetSize()), tuple(float(s) for s in image.GetSpacing()),
+                   tuple(float(o) for o in image.GetOrigin()), tuple(float(d) for d in image.GetDirection()))
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        """Spacing in numpy axis order (z, y, x), nnU-Net's convention."""
+        return tuple(abs(s) for s in self.spacing[::-1])
+
+    @property
+    def shape_zyx(self) -> tuple[int, ...]:
+        return tuple(self.size[::-1])
+
+    def nnunet_properties(self) -> dict:
+        """The properties dict nnU-Net's ``SimpleITKIO.read_images`` returns for this geometry."""
+        return {"sitk_stuff": {"spacing": self.spacing, "origin": self.origin, "direction": self.direction},
+                "spacing": list(self.spacing_zyx)}
+
+    @classmethod
+    def from_nnunet_properties(cls, properties: dict, shape_zyx: Sequence[int]) -> "Geometry":
+        """Inverse of :meth:`nnunet_properties` (``shape_zyx`` = the array's spatial shape)."""
+        stuff = properties.get("sitk_stuff")
+        if stuff is None:
+            spacing = tuple(float(s) for s in properties["spacing"][::-1])
+            return cls(tuple(int(s) for s in shape_zyx[::-1]), spacing, (0.0,) * len(spacing),
+                       tuple(np.eye(len(spacing)).ravel().tolist()))
+        return cls(tuple(int(s) for s in shape_zyx[::-1]), tuple(float(s) for s in stuff["spacing"]),
+                   tuple(float(o) for o in stuff["origin"]), tuple(float(d) for d in stuff["direction"]))
+
+    def mismatch(self, other: "Geometry") -> str | None:
+        """A readable description of how ``other`` differs from this geometry, or None when they agree."""
+        if self.size != other.size:
+            return f"size {other.size} != {self.size}"
+        if not np.allclose(self.spacing, other.spacing, rtol=0, atol=_GEOMETRY_ATOL_MM):
+            return f"spacing {other.spacing} != {self.spacing}"
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=_GEOMETRY_ATOL_MM):
+            return f"origin {other.origin} != {self.origin}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=_DIRECTION_ATOL):
+            return f"direction {other.direction} != {self.direction}"
+        return None
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        """Set this geometry on ``image`` (same size required) and return it."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"array size {image.GetSize()} does not match the geometry's size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case of an input folder: a file (or DICOM folder) per channel, or the discovery problem."""
+
+    case: str
+    files: tuple[Path, ...] = ()
+    error: str | None = field(default=None, compare=False)
+
+    def check(self) -> None:
+        """Raise :class:`InputError` if discovery already found this case unusable."""
+        if self.error is not None:
+            raise InputError(self.error)
+
+
+def split_image_name(name: str) -> tuple[str, str] | None:
+    """``(stem, extension)`` for a file name with an image extension, None otherwise (case-insensitive)."""
+    lower = name.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext):]
+    return None
+
+
+def discover_cases(folder: str | Path, *, num_channels: int, ignore_unknown: bool = False,
+                   allow_folders: bool = True) -> list[CaseInput]:
+    """The cases of ``folder`` by the module's naming rule, sorted by case id.
+
+    Problems that concern one case (missing / extra channel files, a plain name for a multi-channel model,
+    two files claiming the same case, unknown extensions) are stored in :attr:`CaseInput.error` so that the
+    other cases still run; a missing or empty folder raises :class:`InputError`. ``ignore_unknown`` skips
+    files with unknown extensions instead (for other tools' output folders, which hold .json / .pkl files);
+    ``allow_folders=False`` ignores subfolders.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"input folder {folder} does not exist or is not a folder")
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise InputError(f"input folder {folder} is empty: put the images there ({_rule_hint(num_channels)})")
+    channels: dict[str, dict[int, list[Path]]] = {}
+    errors: dict[str, str] = {}
+    for path in entries:
+        if path.is_dir():
+            if not allow_folders:
+                continue
+            channels.setdefault(path.name, {}).setdefault(-1, []).append(path)
+            continue
+        if path.name.lower().endswith(COMPANION_EXTENSIONS):
+            continue
+        split = split_image_name(path.name)
+        if split is None:
+            if ignore_unknown:
+                continue
+            errors[path.name] = (f"{path} is not an image file (unknown extension); SimpleITK formats are "
+                                 f"{', '.join(IMAGE_EXTENSIONS)}, or a folder holding one DICOM series")
+            continue
+        match = _CHANNEL.match(split[0])
+        if match:
+            channels.setdefault(match["case"], {}).setdefault(int(match["channel"]), []).append(path)
+        else:
+            channels.setdefault(split[0], {}).setdefault(-1, []).append(path)
+    cases = [CaseInput(case, (), error) for case, error in errors.items() if case not in channels]
+    for case, found in channels.items():
+        cases.append(_make_case(case, found, num_channels))
+    return sorted(cases, key=lambda c: c.case)
+
+
+def _rule_hint(num_channels: int) -> str:
+    if num_channels == 1:
+        return "one file per case (any SimpleITK format, e.g. case.nii.gz or case_0000.nii.gz) or a DICOM folder"
+    names = ", ".join(f"case_{i:04d}.nii.gz" for i in range(num_channels))
+    return f"the model has {num_channels} channels: name the files {names}"
+
+
+def _make_case(case: str, found: dict[int, list[Path]], num_channels: int) -> CaseInput:
+    clashes = [p for paths in found.values() for p in paths]
+    if len(clashes) != len(found) or (-1 in found and len(found) > 1):
+        names = ", ".join(p.name for p in clashes)
+        return CaseInput(case, (), f"case {case!r}: several inputs claim it ({names}); keep one file per channel")
+    if -1 in found:
+        path = found[-1][0]
+        if num_channels != 1:
+            return CaseInput(case, (), f"{path} has no _XXXX channel suffix but the model needs {num_channels} "
+                                       f"channels; {_rule_hint(num_channels)}")
+        return CaseInput(case, (path,))
+    present = sorted(found)
+    expected = list(range(num_channels))
+    if present != expected:
+        missing = [c for c in expected if c not in found]
+        extra = [c for c in present if c not in expected]
+        parts = []
+        if missing:
+            parts.append("missing channel file(s) " + ", ".join(f"{case}_{c:04d}.*" for c in missing))
+        if extra:
+            parts.append("unexpected channel file(s) " + ", ".join(found[c][0].name for c in extra))
+        return CaseInput(case, (), f"case {case!r}: wrong channel count (found channels {present}, the model "
+                                   f"expects {num_channels}): {'; '.join(parts)}")
+    return CaseInput(case, tuple(found[c][0] for c in expected))
+
+
+def read_sitk(path: str | Path) -> sitk.Image:
+    """Read one image file or a DICOM series folder with SimpleITK; :class:`InputError` naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_dicom_series(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        reason = next((line for line in first if "ERROR" in line or "rror" in line), first[0] if first else "")
+        raise InputError(f"{path} cannot be read as an image (corrupt or unsupported file): {reason.strip()}") \
+            from exc
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(f"{folder} is a folder but holds no DICOM series (a folder is read as one DICOM series)")
+    if len(ids) > 1:
+        raise InputError(f"{folder} holds {len(ids)} DICOM series ({', '.join(ids)}); put one series per folder")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{folder}: the DICOM series cannot be read ({str(exc).strip().splitlines()[-1]})") \
+            from exc
+
+
+def image_to_array(image: sitk.Image, path: str | Path) -> np.ndarray:
+    """``(Z, Y, X)`` float32 array of a 3D scalar image; :class:`InputError` for 2D, 4D, vector or NaN data."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or "
+                         "vector image); nnunet_plus needs one scalar 3D image per channel file")
+    if image.GetDimension() != 3:
+        raise InputError(f"{path} is a {image.GetDimension()}D image of size {image.GetSize()}; nnunet_plus needs "
+                         "3D volumes")
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InputError(f"{path} has {int(array.size - finite.sum())} NaN / infinite voxels; fix the image "
+                         "(e.g. replace them by the background value)")
+    return array
+
+
+def read_case(case: CaseInput) -> tuple[np.ndarray, Geometry]:
+    """Read and validate a case: ``(C, Z, Y, X)`` float32 image and the geometry of channel 0.
+
+    Raises :class:`InputError` naming the file for unreadable, 2D, vector, NaN-containing images and for
+    channels whose geometry (size, spacing, origin, direction) differs from channel 0.
+    """
+    case.check()
+    arrays = []
+    geometry = None
+    for path in case.files:
+        image = read_sitk(path)
+        this = Geometry.of(image)
+        arrays.append(image_to_array(image, path))
+        del image
+        if geometry is None:
+            geometry = this
+            continue
+        problem = geometry.mismatch(this)
+        if problem is not None:
+            raise InputError(f"{path} does not have the geometry of {case.files[0].name} ({problem}); all "
+                             "channels of a case must share one voxel grid")
+    return (np.stack(arrays) if len(arrays) > 1 else arrays[0][None]), geometry
