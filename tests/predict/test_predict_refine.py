@@ -1,0 +1,131 @@
+"""The refinement rule (nnunet_plus.predict.refine) on a hand-made softmax, with and without a classifier.
+
+Softmax (background, liver, hcc, cyst) on a 6 x 20 x 20 grid, spacing 2 x 1 x 1 mm:
+  liver everywhere in [0:6, 1:19, 1:19] (liver 0.9, background 0.1), background 0.9 / liver 0.1 elsewhere;
+  lesion A [1:4, 3:7, 3:7]: hcc 0.8, liver 0.15, bg 0.05 -> hcc at f=1 (confident), 3*4*4 = 48 voxels;
+  lesion B [2:4, 12:15, 12:15]: cyst 0.3, liver 0.65, bg 0.05 -> liver at f=1, cyst at f=4 (suspicious).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from nnunet_plus.predict.inputs import Geometry
+from nnunet_plus.predict.refine import CaseRefiner
+from nnunet_plus.schema import build_schema
+
+SCHEMA = build_schema({"background": 0, "liver": 1, "hcc": 2, "cyst": 3})
+A = (slice(1, 4), slice(3, 7), slice(3, 7))
+B = (slice(2, 4), slice(12, 15), slice(12, 15))
+GEOMETRY = Geometry(size=(20, 20, 6), spacing=(1.0, 1.0, 2.0), origin=(10.0, -5.0, 3.0),
+                    direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+
+
+def _softmax() -> np.ndarray:
+    p = np.zeros((4, 6, 20, 20), np.float32)
+    p[0], p[1] = 0.9, 0.1
+    p[0][:, 1:19, 1:19], p[1][:, 1:19, 1:19] = 0.1, 0.9
+    for box, values in ((A, (0.05, 0.15, 0.8, 0.0)), (B, (0.05, 0.65, 0.0, 0.3))):
+        for c, v in enumerate(values):
+            p[c][box] = v
+    return p
+
+
+def _image() -> np.ndarray:
+    image = np.full((1, 6, 20, 20), 60.0, np.float32)
+    image[0][A] = 30.0
+    return image
+
+
+class FakeClassifier:
+    """Duck-typed PLUSInference: per candidate, rows chosen by where the candidate is."""
+
+    def __init__(self, row_a, row_b):
+        self.rows = {"A": np.asarray(row_a), "B": np.asarray(row_b)}
+
+    def predict_case(self, image, probabilities, analysis, *, spacing):
+        assert spacing == (2.0, 1.0, 1.0) and image.shape == (1, 6, 20, 20)
+        rows = [self.rows["A" if rec["centroid_voxel"][1] < 10 else "B"] for rec in analysis.detections.lesions]
+        return SimpleNamespace(lesion_probabilities=np.stack(rows),
+                               patient={"tumor": 0.7, "malignant": 0.7, "benign": 0.1, "hcc": 0.7, "cyst": 0.1})
+
+
+def test_without_classifier_reports_base_lesions_with_nnunet_prior():
+    result = CaseRefiner(SCHEMA).refine("c", _image(), _softmax(), GEOMETRY)
+    lesions = result.record["lesions"]
+    assert len(lesions) == 1
+    lesion = lesions[0]
+    assert (lesion["id"], lesion["class"], lesion["label"], lesion["tier"]) == (1, "hcc", 2, "confident")
+    assert lesion["probability"] == pytest.approx(0.8)
+    assert lesion["prior"] == pytest.approx({"hcc": 0.8, "cyst": 0.0})
+    assert lesion["n_voxels"] == 48 and lesion["volume_mm3"] == pytest.approx(96.0)
+    assert lesion["hu_mean"] == pytest.approx(30.0)
+    assert "plus" not in lesion and result.record["classifier"] is False
+    expected = np.zeros((6, 20, 20), np.uint8)
+    expected[:, 1:19, 1:19] = 1
+    expected[A] = 2
+    np.testing.assert_array_equal(result.label_map, expected)  # B (suspicious) stays liver
+    np.testing.assert_array_equal(result.instances, (expected == 2).astype(np.int32))
+    patient = result.record["patient"]
+    assert patient["class"] == "hcc" and patient["n_lesions"] == 1
+    assert patient["probability_source"] == "livermax"
+    assert patient["livermax"] == pytest.approx({"hcc": 0.8, "cyst": 0.3})
+    assert patient["probabilities"] == pytest.approx({"tumor": 0.8, "malignant": 0.8, "benign": 0.3,
+                                                      "hcc": 0.8, "cyst": 0.3})
+    assert result.record["rejected"] == []
+
+
+def test_classifier_rejects_not_a_lesion_and_relabels_candidates():
+    classifier = FakeClassifier(row_a=[0.2, 0.1, 0.7], row_b=[0.6, 0.3, 0.1])  # hcc, cyst, not_a_lesion
+    result = CaseRefiner(SCHEMA, classifier=classifier).refine("c", _image(), _softmax(), GEOMETRY)
+    (lesion,) = result.record["lesions"]
+    assert (lesion["id"], lesion["class"], lesion["nnunet_class"], lesion["tier"]) == (1, "hcc", "cyst", "suspicious")
+    assert lesion["probability"] == pytest.approx(0.6)
+    assert lesion["plus"] == pytest.approx({"hcc": 0.6, "cyst": 0.3, "not_a_lesion": 0.1})
+    (rejected,) = result.record["rejected"]
+    assert rejected["rejected_by"] == "not_a_lesion" and rejected["nnunet_class"] == "hcc"
+    expected = np.zeros((6, 20, 20), np.uint8)
+    expected[:, 1:19, 1:19] = 1  # A rejected -> its best non-lesion label (liver 0.15 > background 0.05)
+    expected[B] = 2              # B reported as hcc
+    np.testing.assert_array_equal(result.label_map, expected)
+    np.testing.assert_array_equal(result.instances, (expected == 2).astype(np.int32))
+    patient = result.record["patient"]
+    assert patient["class"] == "hcc" and patient["probability_source"] == "plus"
+    assert patient["probabilities"]["tumor"] == pytest.approx(0.7)
+    assert patient["livermax_probabilities"]["tumor"] == pytest.approx(0.8)
+
+
+def test_min_probability_rejects_low_confidence_lesions():
+    classifier = FakeClassifier(row_a=[0.9, 0.05, 0.05], row_b=[0.2, 0.5, 0.3])
+    result = CaseRefiner(SCHEMA, classifier=classifier, min_probability=0.55).refine("c", _image(), _softmax(),
+                                                                                    GEOMETRY)
+    assert [(r["class"], r["probability"]) for r in result.record["lesions"]] == [("hcc", pytest.approx(0.9))]
+    (rejected,) = result.record["rejected"]
+    assert rejected["rejected_by"] == "min_probability" and rejected["class"] == "cyst"
+    assert result.record["patient"]["class"] == "hcc"
+    assert set(np.unique(result.label_map)) == {0, 1, 2}
+
+
+def test_json_is_plain_python_and_world_centroid_uses_geometry():
+    import json
+
+    result = CaseRefiner(SCHEMA).refine("c", None, _softmax(), GEOMETRY)
+    text = json.dumps(result.record)
+    (lesion,) = json.loads(text)["lesions"]
+    # centroid voxel (z, y, x) = (2, 4.5, 4.5); world x = 10 + 4.5, y = -5 + 4.5, z = 3 + 2 * 2
+    assert lesion["centroid_world"] == pytest.approx([14.5, -0.5, 7.0])
+    assert lesion["hu_mean"] is None
+
+
+def test_classifier_needs_the_image_and_bad_shapes_are_rejected():
+    refiner = CaseRefiner(SCHEMA, classifier=FakeClassifier([1, 0, 0], [1, 0, 0]))
+    with pytest.raises(ValueError, match="needs the CT image"):
+        refiner.refine("c", None, _softmax(), GEOMETRY)
+    with pytest.raises(ValueError, match=r"shape \(K=4, Z, Y, X\)"):
+        CaseRefiner(SCHEMA).refine("c", None, _softmax()[:3], GEOMETRY)
+    with pytest.raises(ValueError, match="does not match the image grid"):
+        CaseRefiner(SCHEMA).refine("c", None, _softmax()[:, :5], GEOMETRY)
+    with pytest.raises(ValueError, match="min_probability"):
+        CaseRefiner(SCHEMA, min_probability=1.5)
