@@ -1,0 +1,251 @@
+"""Write a phantom cohort as an nnU-Net v2 raw dataset (atomically, in parallel, deterministically).
+
+Layout of ``<out>/DatasetXXX_LiverPhantom/``::
+
+    imagesTr/case_0000_0000.nii.gz   int16 HU, channel "CT"
+    labelsTr/case_0000.nii.gz        uint8: 0 background, 1 liver, 2.. lesion types
+    imagesTs/, labelsTs/             the test cases (numbered after the training cases)
+    dataset.json                     nnU-Net keys + the "plus" lesion schema + the generator settings
+    cases.json                       ground truth per case: liver condition, patient class, lesions, hard negatives
+    patients.csv                     one row per case (the patient-level part of cases.json)
+
+Geometry: identity direction (axial, LPS), spacing as asked, origin = the world position of voxel (0, 0, 0),
+by default chosen so that the volume is centred on (0, 0, 0). The dataset is generated in a hidden temporary
+folder next to the target and renamed into place at the end: an interrupted run never leaves a
+``DatasetXXX_...`` folder behind.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_plus.phantom.anatomy import MIN_FOV_MM, MIN_SHAPE
+from nnunet_plus.phantom.case import render_case
+from nnunet_plus.phantom.cohort import CaseSpec, plan_cohort
+from nnunet_plus.phantom.lesions import LESION_TYPES
+from nnunet_plus.schema import SCHEMA_KEY, build_schema, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAME = "LiverPhantom"
+DEFAULT_SHAPE: tuple[int, int, int] = (32, 96, 96)
+DEFAULT_SPACING: tuple[float, float, float] = (5.0, 3.0, 3.0)
+PATIENT_COLUMNS = ("case_id", "split", "liver_condition", "patient_class", "patient_category", "n_lesions",
+                   "lesion_types", "largest_diameter_mm", "total_lesion_volume_cm3", "liver_volume_cm3",
+                   "spleen_volume_cm3", "ascites", "noise_sigma_hu")
+
+
+def phantom_labels(lesion_types: Sequence[str] = LESION_TYPES) -> dict[str, int]:
+    """nnU-Net labels: background 0, liver 1, then the selected lesion types in priority order."""
+    selected = [k for k in LESION_TYPES if k in lesion_types]
+    return {"background": 0, "liver": 1, **{k: i + 2 for i, k in enumerate(selected)}}
+
+
+def default_origin(shape: Sequence[int], spacing: Sequence[float]) -> tuple[float, float, float]:
+    """Origin (z, y, x) mm that centres the volume on (0, 0, 0)."""
+    return tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
+
+
+def _check_arguments(dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types,
+                     num_processes) -> tuple:
+    """Validate and normalise the arguments of :func:`make_phantom_dataset`; ValueError on bad input."""
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
+    for name, value, least in (("n_train", n_train, 1), ("n_test", n_test, 0), ("seed", seed, 0),
+                               ("num_processes", num_processes, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not 0.0 <= float(healthy_fraction) <= 1.0:
+        raise ValueError(f"healthy fraction must be between 0 and 1, got {healthy_fraction!r}")
+    if lesion_types is None:
+        lesion_types = LESION_TYPES
+    lesion_types = [str(k).lower() for k in lesion_types]
+    unknown = [k for k in lesion_types if k not in LESION_TYPES]
+    if unknown:
+        raise ValueError(f"unknown lesion type(s) {unknown}; choose from {', '.join(LESION_TYPES)}")
+    if not lesion_types:
+        raise ValueError(f"select at least one lesion type from {', '.join(LESION_TYPES)}")
+    if len(set(lesion_types)) != len(lesion_types):
+        raise ValueError(f"lesion types listed twice: {lesion_types}")
+    if len(shape) != 3 or len(spacing) != 3 or (origin is not None and len(origin) != 3):
+        raise ValueError("shape, spacing and origin take three values each, in (z, y, x) order")
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if any(not np.isfinite(s) or s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be positive (mm), got {spacing}")
+    fov = tuple(n * s for n, s in zip(shape, spacing))
+    if any(n < m for n, m in zip(shape, MIN_SHAPE)) or any(f < m for f, m in zip(fov, MIN_FOV_MM)):
+        raise ValueError(
+            f"shape {shape} with spacing {spacing} mm (field of view {fov[0]:g} x {fov[1]:g} x {fov[2]:g} mm) "
+            f"is too small for a liver; need at least {MIN_SHAPE} voxels and "
+            f"{MIN_FOV_MM[0]:g} x {MIN_FOV_MM[1]:g} x {MIN_FOV_MM[2]:g} mm (z, y, x)")
+    origin = default_origin(shape, spacing) if origin is None else tuple(float(o) for o in origin)
+    selected = tuple(k for k in LESION_TYPES if k in lesion_types)
+    return shape, spacing, origin, float(healthy_fraction), selected
+
+
+def _output_root(out_dir: str | os.PathLike | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise ValueError("no output folder: pass out_dir (--out DIR) or set the nnUNet_raw environment variable")
+    return Path(raw)
+
+
+def write_nifti(array: np.ndarray, path: Path, spacing: Sequence[float], origin: Sequence[float]) -> None:
+    """Write a (Z, Y, X) array as compressed NIfTI with ``spacing`` and ``origin`` given in (z, y, x) order
+    (SimpleITK wants (x, y, z)) and an identity direction."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    image.SetOrigin(tuple(float(o) for o in origin[::-1]))
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _write_case(job: tuple) -> dict:
+    """Render one case and write its image and label into ``folder`` (runs in a worker process)."""
+    spec, shape, spacing, origin, labels, folder = job
+    case = render_case(spec, shape=shape, spacing=spacing, origin=origin, labels=labels)
+    suffix = "Tr" if spec.split == "train" else "Ts"
+    image_path = Path(folder) / f"images{suffix}" / f"{spec.case_id}_0000.nii.gz"
+    label_path = Path(folder) / f"labels{suffix}" / f"{spec.case_id}.nii.gz"
+    write_nifti(case.image, image_path, spacing, origin)
+    write_nifti(case.label, label_path, spacing, origin)
+    record = dict(case.record)
+    record["image"] = str(image_path.relative_to(folder))
+    record["label"] = str(label_path.relative_to(folder))
+    return record
+
+
+def _patients_csv(records: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PATIENT_COLUMNS)
+    for r in records:
+        lesions = r["lesions"]
+        writer.writerow([
+            r["case_id"], r["split"], r["liver_condition"], r["patient_class"], r["patient_category"],
+            r["n_lesions"], ";".join(sorted({les["type"] for les in lesions})),
+            max((les["diameter_mm"] for les in lesions), default=0.0),
+            round(sum(les["volume_cm3"] for les in lesions), 4), r["liver_volume_cm3"], r["spleen_volume_cm3"],
+            int(r["ascites"]), r["noise_sigma_hu"],
+        ])
+    return out.getvalue()
+
+
+def _existing_dataset(root: Path, dataset_id: int) -> list[Path]:
+    prefix = f"Dataset{dataset_id:03d}_"
+    return sorted(p for p in root.glob(prefix + "*") if p.is_dir()) if root.is_dir() else []
+
+
+def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, seed: int = 0,
+                         shape: Sequence[int] = DEFAULT_SHAPE, spacing: Sequence[float] = DEFAULT_SPACING,
+                         origin: Sequence[float] | None = None, healthy_fraction: float = 0.3,
+                         lesion_types: Sequence[str] | None = None, out_dir: str | os.PathLike | None = None,
+                         overwrite: bool = False, num_processes: int | None = None, quiet: bool = False) -> Path:
+    """Generate a synthetic non-contrast liver CT cohort in nnU-Net raw format; return the dataset folder.
+
+    Parameters
+    ----------
+    dataset_id : nnU-Net dataset id (1-999); the folder is ``DatasetXXX_LiverPhantom``.
+    n_train, n_test : number of training (imagesTr/labelsTr) and test (imagesTs/labelsTs) cases.
+    seed : cohort seed; the same arguments give bit-identical files, whatever ``num_processes``.
+    shape : (Z, Y, X) voxels. spacing : (z, y, x) mm. origin : (z, y, x) mm world position of voxel
+        (0, 0, 0); default centres the volume. The direction is always the identity (axial, LPS).
+    healthy_fraction : share of lesion-free subjects, exactly ``round(healthy_fraction * n)`` per split.
+    lesion_types : subset of ``hcc icc metastasis hemangioma calcification cyst`` (default: all); labels are
+        numbered consecutively from 2 in that order.
+    out_dir : parent folder; default ``$nnUNet_raw``.
+    overwrite : replace an existing ``DatasetXXX_LiverPhantom`` folder.
+    num_processes : worker processes (default: CPU count, at most 8).
+    quiet : no progress bar.
+    """
+    num_processes = min(os.cpu_count() or 1, 8) if num_processes is None else num_processes
+    shape, spacing, origin, healthy_fraction, selected = _check_arguments(
+        dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types, num_processes)
+    root = _output_root(out_dir)
+    name = f"Dataset{int(dataset_id):03d}_{DATASET_NAME}"
+    target = root / name
+    others = [p for p in _existing_dataset(root, int(dataset_id)) if p.name != name]
+    if others:
+        raise ValueError(f"{others[0]} already uses dataset id {dataset_id}; nnU-Net needs unique ids, "
+                         "pick another id or remove that folder")
+    if target.exists() and not overwrite:
+        raise ValueError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+
+    labels = phantom_labels(selected)
+    specs = plan_cohort(int(n_train), int(n_test), seed=int(seed), healthy_fraction=healthy_fraction,
+                        lesion_types=selected)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    try:
+        staging.chmod(0o755)
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (staging / sub).mkdir()
+        records = _generate(specs, shape, spacing, origin, labels, staging, int(num_processes), quiet)
+        _write_metadata(staging, name, labels, records, dict(
+            seed=int(seed), shape=list(shape), spacing=list(spacing), origin=list(origin),
+            healthy_fraction=healthy_fraction, lesion_types=list(selected), n_train=int(n_train),
+            n_test=int(n_test)))
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote %d cases to %s", len(specs), target)
+    return target
+
+
+def _generate(specs: list[CaseSpec], shape, spacing, origin, labels, folder: Path, num_processes: int,
+              quiet: bool) -> list[dict]:
+    jobs = [(spec, shape, spacing, origin, labels, str(folder)) for spec in specs]
+    progress = dict(total=len(jobs), desc="phantom cases", unit="case", disable=quiet)
+    if num_processes == 1 or len(jobs) == 1:
+        return [_write_case(job) for job in tqdm(jobs, **progress)]
+    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+        return list(tqdm(pool.imap(_write_case, jobs), **progress))
+
+
+def _write_metadata(folder: Path, name: str, labels: dict, records: list[dict], settings: dict) -> None:
+    schema = build_schema(labels)
+    dataset_json = {
+        "name": name,
+        "description": "Synthetic non-contrast liver CT phantoms (nnunet_plus.phantom): liver, lesion types "
+                       "with NCCT appearance, liver conditions (normal, fatty, cirrhotic) and context rule.",
+        "reference": "nnunet_plus", "licence": "CC0", "release": "1.0",
+        "channel_names": {"0": "CT"},
+        "labels": labels,
+        "numTraining": sum(r["split"] == "train" for r in records),
+        "file_ending": ".nii.gz",
+        "overwrite_image_reader_writer": "SimpleITKIO",
+        SCHEMA_KEY: schema.to_block(),
+        "phantom": settings,
+    }
+    write_json_atomic(folder / "dataset.json", dataset_json)
+    write_json_atomic(folder / "cases.json", {"dataset": name, "labels": labels, "generator": settings,
+                                               "cases": records})
+    (folder / "patients.csv").write_text(_patients_csv(records))
+    for path in ("dataset.json", "cases.json", "patients.csv"):
+        (folder / path).chmod(0o644)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished staging folder to ``target``, replacing an older dataset only at the very end."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
