@@ -1,0 +1,78 @@
+"""analyse_case: the schema-driven chain on a small hand-built softmax."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_plus.case_analysis import analyse_case
+from nnunet_plus.schema import build_schema
+
+LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}
+
+
+def _softmax(weak_cyst: bool = True, confident_hcc: bool = True) -> np.ndarray:
+    """(4, 6, 10, 10): liver box, a confident hcc block (slices 2-3) and a weak cyst voxel (4, 6, 6)."""
+    probabilities = np.zeros((4, 6, 10, 10), dtype=np.float32)
+    probabilities[0] = 0.97
+    probabilities[1:] = 0.01
+    probabilities[:, :, 2:8, 2:8] = np.array([0.01, 0.97, 0.01, 0.01])[:, None, None, None]
+    if confident_hcc:
+        probabilities[:, 2:4, 3:5, 3:5] = np.array([0.01, 0.3, 0.6, 0.09])[:, None, None, None]
+    if weak_cyst:
+        probabilities[:, 4, 6, 6] = [0.01, 0.6, 0.09, 0.3]    # liver at f = 1, cyst at f = 4
+    return probabilities
+
+
+@pytest.mark.parametrize("kind", ["float32", "float16", "torch"])
+def test_two_tiers_livermax_and_patient(kind):
+    schema = build_schema(LABELS)
+    probabilities = _softmax()
+    given = {"float32": probabilities, "float16": probabilities.astype(np.float16),
+             "torch": torch.from_numpy(probabilities)}[kind]
+    analysis = analyse_case(given, schema, spacing=(2.0, 1.0, 1.0))
+    assert isinstance(analysis.label_maps, np.ndarray) and analysis.label_maps.shape == (2, 6, 10, 10)
+    assert analysis.base_detections.labels() == {1: 2}
+    assert analysis.detections.labels() == {1: 2, 2: 3}
+    assert [r["tier"] for r in analysis.detections.lesions] == ["confident", "suspicious"]
+    assert analysis.livermax == pytest.approx({2: 0.6, 3: 0.3}, abs=1e-3)
+    assert analysis.patient == pytest.approx({"tumor": 0.6, "malignant": 0.6, "benign": 0.3}, abs=1e-3)
+    assert analysis.patient_class == 2
+
+    summary = json.loads(json.dumps(analysis.to_json(schema)))
+    assert [(r["id"], r["class"], r["tier"]) for r in summary["lesions"]] == \
+        [(1, "hcc", "confident"), (2, "cyst", "suspicious")]
+    assert summary["lesions"][0]["probability"] == pytest.approx(0.6, abs=1e-3)
+    assert summary["lesions"][1]["prior"] == pytest.approx({"hcc": 0.09, "cyst": 0.3}, abs=1e-3)
+    assert summary["patient"]["class"] == "hcc"
+    assert summary["patient"]["livermax"] == pytest.approx({"hcc": 0.6, "cyst": 0.3}, abs=1e-3)
+    assert set(summary["patient"]["probabilities"]) == {"tumor", "malignant", "benign", "hcc", "cyst"}
+    assert summary["sensitivities"] == [1.0, 4.0] and summary["spacing"] == [2.0, 1.0, 1.0]
+
+
+def test_normal_case():
+    schema = build_schema(LABELS)
+    analysis = analyse_case(_softmax(weak_cyst=False, confident_hcc=False), schema, spacing=(1.0, 1.0, 1.0))
+    assert analysis.detections.lesions == [] and analysis.patient_class == 0
+    assert analysis.to_json(schema)["patient"]["class"] == "normal"
+    assert analysis.livermax == pytest.approx({2: 0.01, 3: 0.01})
+
+
+def test_single_sensitivity_marks_everything_confident():
+    schema = build_schema(LABELS, sensitivities=[1.0])
+    analysis = analyse_case(_softmax(), schema, spacing=(1.0, 1.0, 1.0))
+    assert analysis.label_maps.shape[0] == 1
+    assert [r["tier"] for r in analysis.detections.lesions] == ["confident"]
+
+
+def test_minimum_volume_from_the_schema():
+    schema = build_schema(LABELS, min_lesion_volume_mm3=4.0)       # the cyst voxel is 2 mm3
+    analysis = analyse_case(_softmax(), schema, spacing=(2.0, 1.0, 1.0))
+    assert analysis.detections.labels() == {1: 2}
+
+
+def test_wrong_channel_count():
+    with pytest.raises(ValueError, match="C=4"):
+        analyse_case(np.zeros((3, 2, 2, 2), dtype=np.float32), build_schema(LABELS), spacing=(1.0, 1.0, 1.0))
