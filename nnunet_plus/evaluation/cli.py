@@ -1,0 +1,143 @@
+"""``nnunet_plus_evaluate``: the papers' lesion- and patient-level metrics for a folder of predictions."""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
+from nnunet_plus.schema import LesionSchema, SchemaError, write_json_atomic
+
+PROG = "nnunet_plus_evaluate"
+DEFAULT_SUMMARY_NAME = "nnunet_plus_summary.json"
+
+
+def match_criterion(text: str) -> str:
+    """argparse type: ``overlap`` or ``dice:T`` with 0 <= T < 1."""
+    if text == "overlap":
+        return text
+    m = re.fullmatch(r"dice:([0-9]*\.?[0-9]+)", text)
+    if m and 0.0 <= float(m.group(1)) < 1.0:
+        return f"dice:{float(m.group(1)):g}"
+    raise argparse.ArgumentTypeError(f"{text!r} is not 'overlap' or 'dice:T' with 0 <= T < 1 (e.g. dice:0.2)")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Lesion-level (cascaded paper: TP / FL / FP / FN, precision, recall, recall-rough, volume "
+                    "and radius bins) and patient-level (PLUS Table 1: malignant / benign / screening, "
+                    "three-class accuracy, AUCs, FROC, Dice) evaluation of a prediction folder.")
+    p.add_argument("-ref", required=True, type=Path, help="folder of reference label maps <case>.nii.gz")
+    p.add_argument("-pred", required=True, type=Path,
+                   help="folder of predicted label maps (<case>.json and <case>_instances.nii.gz used when present)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("-d", dest="dataset", help="dataset id or name: reads $nnUNet_raw/DatasetXXX_Name/dataset.json")
+    src.add_argument("--schema", type=Path, help="a dataset.json holding the 'plus' lesion schema")
+    p.add_argument("--match", type=match_criterion, default="overlap",
+                   help="lesion match criterion: 'overlap' (any shared voxel, the cascaded paper) or 'dice:T' "
+                        "(Dice > T, PLAN uses dice:0.2); default overlap")
+    p.add_argument("--min-volume", type=non_negative_float, default=0.5, metavar="CM3",
+                   help="reference lesions smaller than this (cm3) are ignored; default 0.5 (the cascaded paper)")
+    p.add_argument("--baseline", type=Path, metavar="OTHER_PRED_DIR",
+                   help="a second prediction folder (e.g. nnU-Net alone) to print side by side with deltas")
+    p.add_argument("-o", dest="output", type=Path,
+                   help=f"summary JSON to write; default PRED/{DEFAULT_SUMMARY_NAME} (with --baseline also "
+                        "<name>_baseline.json and <name>_comparison.json beside it)")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots into this folder")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="count reference cases without a prediction as all false negatives instead of failing")
+    p.add_argument("-np", dest="num_processes", type=positive_int, default=None,
+                   help="worker processes (default: nnU-Net's default_num_processes)")
+    p.add_argument("--connectivity", default="paper", choices=["paper", "6", "18", "26"],
+                   help="lesion connectivity of seg2det (default 'paper': 2D components linked across slices)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
+    return p
+
+
+def resolve_schema(dataset: str | None, schema_path: Path | None, reference_dir: Path,
+                   prediction_dir: Path) -> LesionSchema:
+    """Schema from ``--schema``, ``-d`` or, failing both, a dataset.json in PRED (nnU-Net copies it there) or
+    beside REF (nnU-Net raw layout)."""
+    if schema_path is not None:
+        return LesionSchema.from_dataset_json(schema_path)
+    if dataset is not None:
+        name = dataset_name(dataset)
+        return LesionSchema.from_dataset_json(nnunet_folder("nnUNet_raw") / name / "dataset.json", dataset_id=dataset)
+    for candidate in (prediction_dir / "dataset.json", reference_dir.parent / "dataset.json"):
+        if candidate.is_file():
+            logging.getLogger(__name__).info("lesion schema from %s", candidate)
+            return LesionSchema.from_dataset_json(candidate)
+    raise SchemaError("no lesion schema: pass -d DATASET or --schema path/to/dataset.json")
+
+
+def _companion(output: Path, tag: str) -> Path:
+    stem = output.name[:-5] if output.name.endswith(".json") else output.name
+    return output.with_name(f"{stem}_{tag}.json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    from nnunet_plus.evaluation.folder import evaluate_folders
+    from nnunet_plus.evaluation.summary import compare_summaries, format_comparison, format_summary
+
+    connectivity = args.connectivity if args.connectivity == "paper" else int(args.connectivity)
+    options = {"criterion": args.match, "min_volume_cm3": args.min_volume, "allow_missing": args.allow_missing,
+               "num_processes": args.num_processes, "connectivity": connectivity, "quiet": args.quiet}
+    output = args.output or args.pred / DEFAULT_SUMMARY_NAME
+    try:
+        schema = resolve_schema(args.dataset, args.schema, args.ref, args.pred)
+        summary = evaluate_folders(args.ref, args.pred, schema, **options)
+        baseline = evaluate_folders(args.ref, args.baseline, schema, **options) if args.baseline else None
+        write_json_atomic(output, summary)
+        if baseline is not None:
+            write_json_atomic(_companion(output, "baseline"), baseline)
+            write_json_atomic(_companion(output, "comparison"), compare_summaries(baseline, summary))
+        if args.plots is not None:
+            from nnunet_plus.evaluation.plots import save_plots
+
+            runs = {"baseline": baseline, "ours": summary} if baseline is not None else {"ours": summary}
+            save_plots(runs, args.plots)
+    except (ValueError, OSError, PathError) as exc:  # SchemaError is a ValueError
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        if baseline is not None:
+            print(format_summary(baseline, title=f"Baseline: {args.baseline}"))
+            print()
+        print(format_summary(summary, title=f"Predictions: {args.pred}"))
+        if baseline is not None:
+            print()
+            print(format_comparison(baseline, summary, names=("baseline", "ours")))
+        print(f"\nsummary written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
