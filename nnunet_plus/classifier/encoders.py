@@ -58,8 +58,9 @@ class ResNetEncoder3d(nn.Module):
 
     Input ``(N, in_channels, Z, Y, X)``; output ``(N, widths[-1], Z', Y', X')`` with
     ``Z' = ceil(Z / (stem_z * 8))`` etc. (``(2, 4, 4)`` for a ``16 x 64 x 64`` input with the default stem).
-    An empty batch (``N = 0``) gives an empty output. An input whose size is not a multiple of the total stride is zero-padded at the high end of each axis
-    (the ResNet-D skip path needs even sizes at every strided stage).
+    An empty batch (``N = 0``) gives an empty output. An input whose size is not a multiple of the total
+    stride is zero-padded at the high end of each axis (the ResNet-D skip path needs even sizes at every
+    strided stage).
     """
 
     def __init__(self, in_channels: int, *, widths: Sequence[int], blocks_per_stage: Sequence[int],

@@ -1,8 +1,8 @@
 """How the PLUS classifier combines lesion features with the segmentation prior (Table 1 / Fig. 2 ablations).
 
 Every fusion module maps ``(features (N, d), prior (N, K)) -> features (N, d)``, ``prior`` being a
-distribution over the classifier's ``K = C + 1`` classes (see :func:`nnunet_plus.classifier.model.
-prior_distribution`). Modes:
+distribution over the classifier's ``K = C + 1`` classes (see
+:func:`nnunet_plus.classifier.model.prior_distribution`). Modes:
 
 ``gpr`` (default)
     Graph-based Prior Reasoning, Algorithm 1 (:class:`~nnunet_plus.classifier.gpr.GraphPriorReasoning`).

@@ -14,9 +14,9 @@ Choices where the paper is silent or ambiguous:
   also be read as one graph over the whole batch; that would make a lesion's output depend on the other
   lesions (and patients) in the batch, so we do not do it.
 * Only the centre node's message is needed (step 4 updates the centre node only), so only its query is used.
-* ``P`` must be a distribution over the ``K`` prototypes (rows summing to 1); :func:`nnunet_plus.classifier.
-  model.prior_distribution` turns nnU-Net's lesion-class prior into one (``K = C + 1``, with a
-  "not a lesion" prototype).
+* ``P`` must be a distribution over the ``K`` prototypes (rows summing to 1);
+  :func:`nnunet_plus.classifier.model.prior_distribution` turns nnU-Net's lesion-class prior into one
+  (``K = C + 1``, with a "not a lesion" prototype).
 * Prototypes are initialised ``N(0, 1)`` (embedding-style), so ``V_w`` is O(1) and the update is not
   vanishing at initialisation.
 

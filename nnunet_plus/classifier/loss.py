@@ -124,7 +124,7 @@ def plus_loss(logits: torch.Tensor, targets: torch.Tensor, lesion_to_patient: to
 
 def _patient_max_bce(prob: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, num_patients: int,
                      eps: float) -> torch.Tensor:
-    """Mean over patients of BCE(label_j, clamp(max_{i in patient j} prob_i)); a patient without candidates has max 0."""
+    """Mean over patients of BCE(label_j, clamp(max_{i in patient j} prob_i)); no candidate -> max 0."""
     patient_max = prob.new_zeros(num_patients).scatter_reduce(0, index, prob, reduce="amax", include_self=True)
     patient_max = patient_max.clamp(eps, 1.0 - eps)
     y = labels.to(device=prob.device, dtype=torch.float32)
