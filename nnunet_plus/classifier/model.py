@@ -31,7 +31,8 @@ Contract for the candidate bank and the trainer (issue 5, items 1 and 4)
 * Crop geometry: ROI ``(Dz, Dy, Dx) = (16, 64, 64)`` at nnU-Net's target spacing, normalised image
   channels, mask channel last with values in [0, 1] (binary or soft). Any size works as long as the final
   feature map of the encoders (total stride ``(8, 16, 16)``) keeps more than one voxel; sizes that are not
-  multiples of the stride are zero-padded. All candidates of a batch share one crop shape; all livers share one liver shape.
+  multiples of the stride are zero-padded. All candidates of a batch share one crop shape; all livers share
+  one liver shape.
 * A batch is built from whole patients: concatenate the patients' candidates (a patient may have none),
   stack their livers, and set ``lesion_to_patient`` to each candidate's row in the liver stack. Per patient
   the loss also needs ``patient_malignant`` and ``patient_tumor`` (0/1, from the reference, not from the
