@@ -104,26 +104,26 @@ def _labels_numpy(probabilities: np.ndarray, lesions: list[int], others: list[in
     out = np.empty((len(factors),) + spatial, dtype=np.uint8)
     work = np.float64 if probabilities.dtype == np.float64 else np.float32
     buf_shape = (min(chunk_slices, depth),) + spatial[1:]
-    max_n, max_l, scratch, product, threshold = (np.empty(buf_shape, dtype=work) for _ in range(5))
+    max_n, max_l, scratch = (np.empty(buf_shape, dtype=work) for _ in range(3))
     arg_n, arg_l, step = (np.empty(buf_shape, dtype=np.uint8) for _ in range(3))
     mask = np.empty(buf_shape, dtype=bool)
     above = np.asarray(np.inf, dtype=work)
     for z0 in range(0, depth, chunk_slices):
         n = min(chunk_slices, depth - z0)
         chunk = probabilities[:, z0:z0 + n]
-        mn, ml, sc, pr, th = max_n[:n], max_l[:n], scratch[:n], product[:n], threshold[:n]
+        mn, ml, sc = max_n[:n], max_l[:n], scratch[:n]
         an, al, st, mk = arg_n[:n], arg_l[:n], step[:n], mask[:n]
         _max_argmax_numpy(chunk, others, mn, an, mk, sc)
         _max_argmax_numpy(chunk, lesions, ml, al, mk, sc)
-        # lesion wins iff f*max_L >= threshold, threshold = max_N where a tie goes to the lesion
-        # (lower label index), else the next float above max_N (strict comparison)
-        np.nextafter(mn, above, out=th)
-        np.less(al, an, out=mk)
-        np.copyto(th, mn, where=mk)
+        # lesion wins iff f * max_L >= threshold: threshold = max_N where a tie goes to the lesion (lower
+        # label index), else the next float above max_N (strict comparison); written over max_N
+        np.nextafter(mn, above, out=sc)
+        np.greater_equal(al, an, out=mk)
+        np.copyto(mn, sc, where=mk)
         np.subtract(al, an, out=st)                 # uint8 wrap-around: an + st == al (mod 256)
         for i, factor in enumerate(factors):
-            scaled = ml if factor == 1.0 else np.multiply(ml, work(factor), out=pr)
-            np.greater_equal(scaled, th, out=mk)
+            scaled = ml if factor == 1.0 else np.multiply(ml, work(factor), out=sc)
+            np.greater_equal(scaled, mn, out=mk)
             target = out[i, z0:z0 + n]
             np.multiply(mk, st, out=target)
             np.add(target, an, out=target)
@@ -158,8 +158,7 @@ def _labels_torch(probabilities, lesions: list[int], others: list[int], factors:
     work = torch.float64 if probabilities.dtype == torch.float64 else torch.float32
     out = torch.empty((len(factors),) + spatial, dtype=torch.uint8, device=device)
     buf_shape = (min(chunk_slices, depth),) + spatial[1:]
-    max_n, max_l, scratch, product, threshold = (torch.empty(buf_shape, dtype=work, device=device)
-                                                 for _ in range(5))
+    max_n, max_l, scratch = (torch.empty(buf_shape, dtype=work, device=device) for _ in range(3))
     arg_n, arg_l = (torch.empty(buf_shape, dtype=torch.uint8, device=device) for _ in range(2))
     mask = torch.empty(buf_shape, dtype=torch.bool, device=device)
     above = torch.tensor(float("inf"), dtype=work, device=device)
@@ -167,15 +166,15 @@ def _labels_torch(probabilities, lesions: list[int], others: list[int], factors:
         for z0 in range(0, depth, chunk_slices):
             n = min(chunk_slices, depth - z0)
             chunk = probabilities[:, z0:z0 + n]
-            mn, ml, sc, pr, th = max_n[:n], max_l[:n], scratch[:n], product[:n], threshold[:n]
+            mn, ml, sc = max_n[:n], max_l[:n], scratch[:n]
             an, al, mk = arg_n[:n], arg_l[:n], mask[:n]
             _max_argmax_torch(chunk, others, mn, an, mk, sc)
             _max_argmax_torch(chunk, lesions, ml, al, mk, sc)
-            torch.nextafter(mn, above.expand_as(mn), out=th)
-            torch.lt(al, an, out=mk)
-            th.copy_(torch.where(mk, mn, th))
+            torch.nextafter(mn, above.expand_as(mn), out=sc)
+            torch.ge(al, an, out=mk)
+            torch.where(mk, sc, mn, out=mn)
             for i, factor in enumerate(factors):
-                scaled = ml if factor == 1.0 else torch.mul(ml, factor, out=pr)
-                torch.ge(scaled, th, out=mk)
+                scaled = ml if factor == 1.0 else torch.mul(ml, factor, out=sc)
+                torch.ge(scaled, mn, out=mk)
                 torch.where(mk, al, an, out=out[i, z0:z0 + n])
     return out
