@@ -111,6 +111,26 @@ def test_prior_reaches_the_logits_only_in_fusing_modes(fusion, uses_prior):
     assert model.needs_prior_target == (fusion == "distill")
 
 
+def test_gpr_learns_to_use_an_informative_prior():
+    # identical crops and livers: only the prior tells the 5 candidates apart (target = the prior's class)
+    torch.manual_seed(0)
+    model = PLUSClassifier(1, C, fusion="gpr")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = _batch([C + 1])
+    batch["lesion_crops"][:] = batch["lesion_crops"][0]
+    batch["targets"] = torch.arange(C + 1)
+    batch["priors"] = 0.9 * torch.eye(C + 1)[:, :C]  # the last one: 0.9 "not a lesion"
+    batch["patient_malignant"][:] = 1
+    batch["patient_tumor"][:] = 1
+    for _ in range(15):
+        loss = _loss(model, batch, _forward(model, batch))["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert _forward(model.eval(), batch).argmax(dim=1).tolist() == list(range(C + 1))
+
+
 def test_lesions_are_classified_independently():
     torch.manual_seed(0)
     model = PLUSClassifier(1, C).eval()
