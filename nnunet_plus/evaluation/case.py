@@ -15,7 +15,7 @@ from nnunet_plus.evaluation.conventions import GROUP_KEYS, patient_group
 from nnunet_plus.evaluation.metrics import dice_from_counts, overlap_counts
 from nnunet_plus.postprocessing.classify import classify_patient
 from nnunet_plus.postprocessing.match import match_lesions
-from nnunet_plus.postprocessing.seg2det import seg2det
+from nnunet_plus.postprocessing.seg2det import label_mask, seg2det
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,12 @@ def group_counts(pairs: Sequence[tuple[int, int]], fp: Sequence[int], fn: Sequen
 
 
 def _check_label_values(label_map: np.ndarray, schema: LesionSchema, what: str) -> None:
-    values = np.unique(label_map)
-    unknown = sorted(int(v) for v in values if int(v) not in set(schema.labels.values()))
-    if unknown:
+    """ValueError unless every value is a label of the schema (nnU-Net labels are 0..N-1)."""
+    if not np.issubdtype(label_map.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer labels, got dtype {label_map.dtype}")
+    if label_map.size and (label_map.min() < 0 or label_map.max() >= schema.num_classes):
+        values = np.unique(label_map)
+        unknown = sorted(int(v) for v in values if not 0 <= v < schema.num_classes)
         raise ValueError(f"{what} holds label value(s) {unknown} that the dataset labels "
                          f"{dict(schema.labels)} do not define; is it the right dataset.json?")
 
@@ -252,9 +255,9 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
 
     liver_and_lesions = list(schema.liver_labels) + list(schema.lesion_labels)
     voxels = {
-        "liver": overlap_counts(np.isin(reference, liver_and_lesions), np.isin(prediction, liver_and_lesions)),
-        "lesion": overlap_counts(np.isin(reference, schema.lesion_labels),
-                                 np.isin(prediction, schema.lesion_labels)),
+        "liver": overlap_counts(label_mask(reference, liver_and_lesions), label_mask(prediction, liver_and_lesions)),
+        "lesion": overlap_counts(label_mask(reference, schema.lesion_labels),
+                                 label_mask(prediction, schema.lesion_labels)),
     }
     dice = {k: dice_from_counts(v["intersection"], v["reference"], v["prediction"]) for k, v in voxels.items()}
 

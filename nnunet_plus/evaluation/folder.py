@@ -103,7 +103,10 @@ def evaluate_case_files(reference_file: str | os.PathLike, prediction_file: str 
     options = {"spacing": ref_geometry.spacing, "criterion": criterion, "min_volume_cm3": min_volume_cm3,
                "case": case, "connectivity": connectivity}
     if prediction_file is None:
-        result = evaluate_case(reference, np.zeros_like(reference), schema, **options)
+        try:
+            result = evaluate_case(reference, np.zeros_like(reference), schema, **options)
+        except ValueError as exc:
+            raise ValueError(f"case {case}: {exc}") from exc
         result["missing"] = True
         return result
     prediction_file = Path(prediction_file)

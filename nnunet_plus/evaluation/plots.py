@@ -6,7 +6,6 @@ function takes ``runs``: an ordered mapping run name -> summary dict (one run, o
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -28,15 +27,15 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """Write the figure through a temporary file + rename (normal file permissions, never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -103,14 +102,14 @@ def draw_per_class(ax_precision, ax_recall, runs: Mapping[str, Mapping]) -> None
             values = [np.nan if r[key] is None else 100 * r[key] for r in rows]
             bars = ax.bar(x + (k - (len(runs) - 1) / 2) * width, np.nan_to_num(values), width, color=colour,
                           label=run)
-            for bar, v in zip(bars, values):
+            for bar, v in zip(bars, values):  # undefined (0/0) values are marked with a dash
                 ax.text(bar.get_x() + bar.get_width() / 2, (0 if np.isnan(v) else v) + 1,
-                        "n/a" if np.isnan(v) else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+                        "\u2013" if np.isnan(v) else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylim(0, 125 if len(runs) > 1 else 112)
         ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel(f"lesion {key} (%)")
-        ax.set_title(f"Lesion {key} per type")
+        ax.set_title(f"Lesion {key} per type (\u2013: undefined)")
         ax.grid(axis="y", alpha=0.3)
     if len(runs) > 1:
         ax_precision.legend(fontsize=8, loc="upper left", ncol=len(runs))
