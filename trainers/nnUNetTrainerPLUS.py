@@ -18,8 +18,9 @@ class nnUNetTrainerPLUS(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        schema = LesionSchema.from_dataset_json(dataset_json, dataset_id=plans.get("dataset_name"))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.lesion_schema = LesionSchema.from_dataset_json(dataset_json, dataset_id=plans.get("dataset_name"))
+        self.lesion_schema = schema
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities=True)
