@@ -47,8 +47,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Lesion-level (cascaded paper: TP / FL / FP / FN, precision, recall, recall-rough, volume "
                     "and radius bins) and patient-level (PLUS Table 1: malignant / benign / screening, "
@@ -102,7 +109,10 @@ def _companion(output: Path, tag: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # -h or a usage error: already printed
+        return int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
     from nnunet_plus.evaluation.folder import evaluate_folders
     from nnunet_plus.evaluation.summary import compare_summaries, format_comparison, format_summary
