@@ -119,13 +119,19 @@ def _predicted_lesions(prediction: np.ndarray, schema: LesionSchema, *, spacing:
     return det.instances, labels, volumes, scores
 
 
+def _presence(labels: set[int], schema: LesionSchema) -> dict[str, bool]:
+    """Which lesion types, and whether malignant / benign / any lesion, occur among ``labels``."""
+    out = {name: int(schema.labels[name]) in labels for name in schema.lesions}
+    out["malignant"] = bool(labels & set(schema.malignant_labels))
+    out["benign"] = bool(labels & set(schema.benign_labels))
+    out["tumor"] = bool(labels)
+    return out
+
+
 def _patient_probabilities(present: set[int], schema: LesionSchema, predicted_json: Mapping | None
                            ) -> tuple[dict[str, float], str]:
     """Patient probabilities: the case JSON's where given, else 0/1 from the predicted lesions."""
-    derived = {name: float(int(schema.labels[name]) in present) for name in schema.lesions}
-    derived["malignant"] = float(bool(present & set(schema.malignant_labels)))
-    derived["benign"] = float(bool(present & set(schema.benign_labels)))
-    derived["tumor"] = float(bool(present))
+    derived = {k: float(v) for k, v in _presence(present, schema).items()}
     given = {}
     if predicted_json is not None:
         given = (predicted_json.get("patient") or {}).get("probabilities") or {}
@@ -134,16 +140,58 @@ def _patient_probabilities(present: set[int], schema: LesionSchema, predicted_js
     return {k: float(given[k]) if given.get(k) is not None else v for k, v in derived.items()}, "json"
 
 
-def _presence(labels: set[int], schema: LesionSchema) -> dict[str, bool]:
-    out = {name: int(schema.labels[name]) in labels for name in schema.lesions}
-    out["malignant"] = bool(labels & set(schema.malignant_labels))
-    out["benign"] = bool(labels & set(schema.benign_labels))
-    out["tumor"] = bool(labels)
+def _class_name(label: int, schema: LesionSchema) -> str:
+    return "normal" if label == 0 else schema.label_name(label)
+
+
+def _reference_records(lesions: Sequence[Mapping], ref_labels: Mapping[int, int], pred_labels: Mapping[int, int],
+                       ref_match: Mapping[int, int], ignored: set[int], schema: LesionSchema) -> list[dict]:
+    """One record per reference lesion: class, size, outcome (tp / fl / fn / ignored), matched id."""
+    out = []
+    for r in lesions:
+        i = int(r["id"])
+        if i in ignored:
+            outcome = "ignored"
+        elif i in ref_match:
+            outcome = "tp" if pred_labels[ref_match[i]] == ref_labels[i] else "fl"
+        else:
+            outcome = "fn"
+        out.append({"id": i, "class": schema.label_name(ref_labels[i]), "volume_cm3": float(r["volume_cm3"]),
+                    "radius_mm": float(r["sphere_diameter_mm"]) / 2.0, "outcome": outcome,
+                    "matched_id": ref_match.get(i)})
     return out
 
 
-def _class_name(label: int, schema: LesionSchema) -> str:
-    return "normal" if label == 0 else schema.label_name(label)
+def _predicted_records(pred_labels: Mapping[int, int], volumes: Mapping[int, float],
+                       scores: Mapping[int, float | None], ref_labels: Mapping[int, int],
+                       pred_match: Mapping[int, int], fp: set[int], schema: LesionSchema) -> list[dict]:
+    """One record per predicted lesion: class, volume, outcome (tp / fl / fp / ignored), matched id, score."""
+    out = []
+    for i in sorted(pred_labels):
+        if i in pred_match:
+            outcome = "tp" if ref_labels[pred_match[i]] == pred_labels[i] else "fl"
+        else:
+            outcome = "fp" if i in fp else "ignored"
+        out.append({"id": i, "class": schema.label_name(pred_labels[i]), "volume_cm3": float(volumes[i]),
+                    "outcome": outcome, "matched_id": pred_match.get(i), "score": scores.get(i)})
+    return out
+
+
+def _patient_block(ref_present: set[int], pred_present: set[int], schema: LesionSchema,
+                   predicted_json: Mapping | None) -> dict:
+    """Patient truth and prediction: classify_patient classes and groups, type presence, probabilities."""
+    ref_class = _class_name(classify_patient(ref_present, schema.priority_labels), schema)
+    json_class = ((predicted_json or {}).get("patient") or {}).get("class")
+    if json_class is not None and json_class != "normal" and json_class not in schema.lesions:
+        raise ValueError(f"case JSON patient class {json_class!r} is neither 'normal' nor a lesion of the schema")
+    pred_class = json_class or _class_name(classify_patient(pred_present, schema.priority_labels), schema)
+    probabilities, source = _patient_probabilities(pred_present, schema, predicted_json)
+    return {
+        "reference_class": ref_class, "predicted_class": pred_class,
+        "reference_group": patient_group(ref_class, schema), "predicted_group": patient_group(pred_class, schema),
+        "reference": _presence(ref_present, schema), "predicted": _presence(pred_present, schema),
+        "probabilities": probabilities, "probability_source": source,
+    }
 
 
 def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionSchema, *,
@@ -158,8 +206,8 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
     schema : the dataset's lesion schema.
     spacing : (z, y, x) voxel spacing in mm.
     criterion : lesion match criterion, ``"overlap"`` (any shared voxel) or ``"dice:T"`` (Dice > T).
-    min_volume_cm3 : reference lesions smaller than this are ignored (neither TP nor FN), and predictions
-        matched only to them are not false positives.
+    min_volume_cm3 : reference lesions smaller than this are ignored (neither TP nor FN); an unmatched
+        prediction overlapping an ignored lesion is not a false positive either.
     predicted_json : the case JSON (docs: case_json) of the prediction, if any: its lesion probabilities feed
         the FROC, its patient probabilities the AUCs, its patient class the confusion matrix.
     predicted_instances : (Z, Y, X) instance map whose ids are the JSON's lesion ids (needs
@@ -212,47 +260,10 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
     per_class = {name: group_counts(pairs, fp, fn, ref_labels, pred_labels, [schema.labels[name]])
                  for name in schema.lesions}
 
-    reference_lesions = []
-    for r in ref_det.lesions:
-        i = int(r["id"])
-        if i in ignored:
-            outcome = "ignored"
-        elif i in ref_match:
-            outcome = "tp" if pred_labels[ref_match[i]] == ref_labels[i] else "fl"
-        else:
-            outcome = "fn"
-        reference_lesions.append({
-            "id": i, "class": schema.label_name(ref_labels[i]), "volume_cm3": float(r["volume_cm3"]),
-            "radius_mm": float(r["sphere_diameter_mm"]) / 2.0, "outcome": outcome,
-            "matched_id": ref_match.get(i),
-        })
-    fp_set = set(fp)
-    predicted_lesions = []
-    for i in sorted(pred_labels):
-        if i in pred_match:
-            outcome = "tp" if ref_labels[pred_match[i]] == pred_labels[i] else "fl"
-        else:
-            outcome = "fp" if i in fp_set else "ignored"
-        predicted_lesions.append({
-            "id": i, "class": schema.label_name(pred_labels[i]), "volume_cm3": float(pred_volumes[i]),
-            "outcome": outcome, "matched_id": pred_match.get(i), "score": scores.get(i),
-        })
-
-    ref_present = set(ref_labels.values())
-    pred_present = set(pred_labels.values())
-    ref_class = _class_name(classify_patient(ref_present, schema.priority_labels), schema)
-    json_class = ((predicted_json or {}).get("patient") or {}).get("class")
-    if json_class is not None and json_class != "normal" and json_class not in schema.lesions:
-        raise ValueError(f"case JSON patient class {json_class!r} is neither 'normal' nor a lesion of the schema")
-    pred_class = json_class or _class_name(classify_patient(pred_present, schema.priority_labels), schema)
-    probabilities, source = _patient_probabilities(pred_present, schema, predicted_json)
-    patient = {
-        "reference_class": ref_class, "predicted_class": pred_class,
-        "reference_group": patient_group(ref_class, schema), "predicted_group": patient_group(pred_class, schema),
-        "reference": _presence(ref_present, schema), "predicted": _presence(pred_present, schema),
-        "probabilities": probabilities, "probability_source": source,
-    }
-
+    reference_lesions = _reference_records(ref_det.lesions, ref_labels, pred_labels, ref_match, ignored, schema)
+    predicted_lesions = _predicted_records(pred_labels, pred_volumes, scores, ref_labels, pred_match, set(fp),
+                                           schema)
+    patient = _patient_block(set(ref_labels.values()), set(pred_labels.values()), schema, predicted_json)
     liver_and_lesions = list(schema.liver_labels) + list(schema.lesion_labels)
     voxels = {
         "liver": overlap_counts(label_mask(reference, liver_and_lesions), label_mask(prediction, liver_and_lesions)),
