@@ -18,7 +18,7 @@ from nnunet_plus.phantom.shapes import Grid, capsule, ellipse_2d, ellipsoid, occ
 LIVER_CONDITIONS: tuple[str, ...] = ("normal", "fatty", "cirrhotic")
 
 #: Smallest field of view (z, y, x) in mm and grid (Z, Y, X) in voxels that can hold the phantom's liver.
-MIN_FOV_MM: tuple[float, float, float] = (60.0, 160.0, 160.0)
+MIN_FOV_MM: tuple[float, float, float] = (100.0, 160.0, 160.0)
 MIN_SHAPE: tuple[int, int, int] = (8, 32, 32)
 
 
@@ -95,7 +95,7 @@ def sample_patient(rng: np.random.Generator, grid: Grid, condition: str) -> Pati
         spleen_scale=rng.uniform(1.25, 1.45) if condition == "cirrhotic" else rng.uniform(0.9, 1.08),
         has_gallbladder=bool(rng.random() < 0.85),
         ascites_mm=rng.uniform(6.0, 16.0) if condition == "cirrhotic" and rng.random() < 0.5 else 0.0,
-        hu=hu, noise_sigma=rng.uniform(10.5, 16.0),
+        hu=hu, noise_sigma=rng.uniform(10.0, 14.0),
     )
 
 
@@ -276,7 +276,8 @@ def paint_anatomy(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, 
     band = np.abs(phase) * np.float32(np.cos(np.arctan(slope))) - height / 2
     radial = np.abs(shapes.cavity - np.float32(0.45 * p.muscle_mm)) - 3.0
     low = zt - L * (0.55 + 0.35 * np.clip(y / b + 0.3, 0, 1))
-    rib = np.maximum(np.maximum(band, radial), np.maximum(low - z, np.maximum(0.12 * np.pi - ang, ang - 0.8 * np.pi) * 30))
+    outside_arc = np.maximum(0.12 * np.pi - ang, ang - 0.8 * np.pi) * 30.0   # none at the spine or sternum
+    rib = np.maximum(np.maximum(band, radial), np.maximum(low - z, outside_arc))
     cartilage = ang > np.float32(0.62 * np.pi)       # costal cartilage anteriorly: much less dense
     canvas.paint("rib", occ(rib), np.where(cartilage, np.float32(hu["cartilage"]), np.float32(hu["rib"])))
 

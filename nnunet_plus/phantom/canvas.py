@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from nnunet_plus.phantom.shapes import Box
 
@@ -38,8 +37,7 @@ class Canvas:
         owner[occ >= 0.999] = self.tissue_id(name)
 
     def tissue_masks(self) -> dict[str, np.ndarray]:
-        """``{name: mask}`` of the voxels made of one tissue only whose 26 neighbours are too (no partial
-        volume nearby), for every painted tissue that has such voxels."""
-        pure = ndimage.minimum_filter(self.owner, size=3) == ndimage.maximum_filter(self.owner, size=3)
-        masks = {name: pure & (self.owner == i) for i, name in enumerate(self.names)}
+        """``{name: mask}`` of the voxels made of that tissue only (no partial volume), for every painted
+        tissue that still owns voxels."""
+        masks = {name: self.owner == i for i, name in enumerate(self.names)}
         return {name: mask for name, mask in masks.items() if mask.any()}

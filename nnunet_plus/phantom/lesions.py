@@ -147,9 +147,9 @@ def render_lesion(rng: np.random.Generator, grid: Grid, kind: str, centre: np.nd
 def place_lesions(rng: np.random.Generator, grid: Grid, liver: Liver, kinds: list[str]) -> list[Lesion]:
     """Place lesions of the given types inside the liver, largest first, none touching another.
 
-    Each lesion stays at least one voxel diagonal inside the liver envelope and one voxel diagonal away
-    from every other lesion. A lesion that does not fit is shrunk (down to the grid's smallest diameter)
-    and dropped if it still does not fit.
+    Each lesion is surrounded by at least one voxel of liver (its label never touches the background) and
+    stays one voxel diagonal away from every other lesion. A lesion that does not fit is shrunk (down to
+    the grid's smallest diameter) and dropped if it still does not fit.
     """
     sp = np.asarray(grid.spacing)
     gap = float(np.linalg.norm(sp))
@@ -180,7 +180,7 @@ def place_lesions(rng: np.random.Generator, grid: Grid, liver: Liver, kinds: lis
             index = inside[int(rng.integers(len(inside)))] + rng.uniform(-0.3, 0.3, size=3)
             candidate = render_lesion(rng, grid, kind, grid.centre_mm(index), diameter, look)
             grown = ndimage.binary_dilation(candidate.mask, structure=np.ones((3, 3, 3)))
-            if (candidate.mask & ~liver.mask[candidate.box]).any() or (grown & taken[candidate.box]).any():
+            if (grown & (~liver.mask[candidate.box] | taken[candidate.box])).any():
                 continue
             lesion = candidate
             break

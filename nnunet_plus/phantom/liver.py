@@ -92,8 +92,8 @@ def paint_liver(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, sd
     mask = occ >= 0.5
     mean_hu = float(rng.uniform(*PARENCHYMA_HU[p.condition]))
     if p.condition == "cirrhotic":   # regenerative nodules separated by a fibrotic network
-        texture = 3.5 * smooth_field(rng, grid.shape, sp, 5.0)
-        texture -= 9.0 * np.exp(-(smooth_field(rng, grid.shape, sp, 6.0) / 0.3) ** 2)
+        texture = 3.0 * smooth_field(rng, grid.shape, sp, 5.0)
+        texture -= 7.0 * np.exp(-(smooth_field(rng, grid.shape, sp, 6.0) / 0.2) ** 2)
     elif p.condition == "fatty":     # uneven fat deposition
         texture = 4.0 * smooth_field(rng, grid.shape, sp, 25.0) + 2.0 * smooth_field(rng, grid.shape, sp, 8.0)
     else:
@@ -132,12 +132,14 @@ def _paint_fat_sparing(canvas: Canvas, grid: Grid, shapes: Shapes, occ: np.ndarr
     """Geographic areas of normally attenuating liver in a fatty liver (next to the gallbladder fossa,
     near the hilum or under the capsule): brighter than the surrounding liver, but not lesions."""
     n = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.4, 0.3, 0.15]))
-    candidates = np.argwhere((depth >= 4.0) & (depth <= 22.0))
-    if n == 0 or len(candidates) == 0:
-        return []
     spared_hu = float(rng.uniform(52.0, 62.0))
     records = []
     for k in range(n):
+        radius = float(rng.uniform(7.0, 18.0))
+        # mostly inside the liver, under the capsule or next to the fossa / hilum
+        candidates = np.argwhere((depth >= 0.6 * radius) & (depth <= 0.6 * radius + 15.0))
+        if len(candidates) == 0:
+            break
         if k == 0:   # fossa / hilum: the classic sites
             site = shapes.landmarks["gallbladder" if shapes.gallbladder is not None else "hilum"]
             dists = np.linalg.norm((candidates - grid.index_of(site)) * np.asarray(grid.spacing), axis=1)
@@ -145,7 +147,6 @@ def _paint_fat_sparing(canvas: Canvas, grid: Grid, shapes: Shapes, occ: np.ndarr
         else:
             index = candidates[int(rng.integers(len(candidates)))]
         centre = grid.centre_mm(index)
-        radius = float(rng.uniform(7.0, 18.0))
         radii = (radius * rng.uniform(0.5, 0.9), radius * rng.uniform(0.6, 1.0), radius)
         rot = rotation(rng.uniform(0, np.pi), rng.uniform(0, np.pi), rng.uniform(0, np.pi))
         wobble = plane_waves(rng, 5, (radius, 3 * radius))

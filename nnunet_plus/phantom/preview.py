@@ -11,9 +11,13 @@ import numpy as np
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-#: Liver window (level, width) in HU: narrower than the usual abdominal W400 so that NCCT lesions show.
-WINDOW = (50.0, 250.0)
+#: (level, width) HU of the whole-slice panel (abdominal window) and of the zoomed panel (liver window,
+#: where the subtle NCCT lesions show).
+ABDOMEN_WINDOW = (40.0, 350.0)
+LIVER_WINDOW = (45.0, 150.0)
+ZOOM_MM = 90.0
 COLOURS = {"liver": "#4cd964", "hcc": "#ff3b30", "icc": "#ff9500", "metastasis": "#ffcc00",
            "hemangioma": "#5ac8fa", "calcification": "#ffffff", "cyst": "#af52de"}
 #: Patient classes shown first, then healthy subjects by liver condition.
@@ -35,21 +39,23 @@ def _pick_cases(records: list[dict], n_cases: int) -> list[dict]:
     return chosen[:n_cases]
 
 
-def _slice_of(record: dict, label: np.ndarray) -> tuple[int, str]:
-    """Axial slice through the largest lesion (or a fat-sparing area, or the liver's widest slice) + caption."""
+def _focus(record: dict, label: np.ndarray) -> tuple[tuple[float, float, float], str]:
+    """Voxel (z, y, x) to show: the largest lesion, else a fat-sparing area, else the liver's widest slice."""
     if record["lesions"]:
         big = max(record["lesions"], key=lambda les: les["volume_cm3"])
         more = len(record["lesions"]) - 1
         extra = f" (+{more} more)" if more else ""
-        return int(round(big["centre_voxel_zyx"][0])), f"{big['type']} {big['diameter_mm']:.0f} mm{extra}"
+        return tuple(big["centre_voxel_zyx"]), f"{big['type']} {big['diameter_mm']:.0f} mm{extra}"
     if record["hard_negatives"]:
-        spare = record["hard_negatives"][0]
-        return int(round(spare["centre_voxel_zyx"][0])), "healthy; focal fat sparing (not a lesion)"
-    return int(np.argmax((label > 0).sum(axis=(1, 2)))), "healthy"
+        return tuple(record["hard_negatives"][0]["centre_voxel_zyx"]), "healthy, focal fat sparing (no label)"
+    z = int(np.argmax((label > 0).sum(axis=(1, 2))))
+    y, x = np.argwhere(label[z] > 0).mean(axis=0)
+    return (z, y, x), "healthy"
 
 
 def write_preview(dataset_folder: str | os.PathLike, png_path: str | os.PathLike, *, n_cases: int = 8) -> Path:
-    """Draw up to ``n_cases`` cases of a phantom dataset (axial slice, abdominal window, label contours).
+    """Draw up to ``n_cases`` cases of a phantom dataset: axial slice through the largest lesion with label
+    contours, and a zoom on the lesion in a liver window.
 
     Reads ``cases.json`` and the NIfTI files of ``dataset_folder``; writes ``png_path`` atomically.
     """
@@ -78,34 +84,46 @@ def write_preview(dataset_folder: str | os.PathLike, png_path: str | os.PathLike
 
 
 def _draw(folder: Path, meta: dict, chosen: list[dict]) -> Figure:
-    """The preview figure (matplotlib's object API: no pyplot, no global backend change)."""
+    """Two panels per case: the axial slice with label contours, and a zoom on the lesion in a liver window
+    (matplotlib's object API: no pyplot, no global backend change)."""
     labels = meta["labels"]
-    cols = min(4, len(chosen))
-    rows = int(np.ceil(len(chosen) / cols))
-    fig = Figure(figsize=(3.4 * cols, 3.7 * rows + 0.5))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    level, width = WINDOW
+    per_row = 2
+    rows = int(np.ceil(len(chosen) / per_row))
+    fig = Figure(figsize=(3.0 * 2 * per_row, 3.25 * rows + 0.6))
+    axes = fig.subplots(rows, 2 * per_row, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, record in zip(axes.ravel(), chosen):
+    for k, record in enumerate(chosen):
+        ax_full, ax_zoom = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
         image_itk = sitk.ReadImage(str(folder / record["image"]))
         image = sitk.GetArrayFromImage(image_itk)
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / record["label"])))
-        z, caption = _slice_of(record, label)
-        z = int(np.clip(z, 0, image.shape[0] - 1))
+        (z, y, x), caption = _focus(record, label)
+        z = int(np.clip(round(z), 0, image.shape[0] - 1))
         sx, sy = image_itk.GetSpacing()[:2]
-        ax.imshow(image[z], cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=sy / sx,
-                  interpolation="nearest")
+        level, width = ABDOMEN_WINDOW
+        ax_full.imshow(image[z], cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=sy / sx,
+                       interpolation="nearest")
         for name, value in labels.items():
-            if name == "background":
-                continue
             mask = (label[z] >= 1) if name == "liver" else (label[z] == value)
-            if mask.any():
-                ax.contour(mask.astype(float), levels=[0.5], colors=COLOURS.get(name, "#ffffff"),
-                           linewidths=0.7 if name == "liver" else 1.1)
-        ax.set_title(f"{record['case_id']} · {record['liver_condition']} liver\n{caption}", fontsize=9)
+            if name != "background" and mask.any():
+                ax_full.contour(mask.astype(float), levels=[0.5], colors=COLOURS.get(name, "#ffffff"),
+                                linewidths=0.7 if name == "liver" else 1.1)
+        ax_full.set_title(f"{record['case_id']}: {record['liver_condition']} liver\n{caption}", fontsize=9)
+        half_y, half_x = ZOOM_MM / 2 / sy, ZOOM_MM / 2 / sx
+        y0, x0 = int(np.clip(y - half_y, 0, max(image.shape[1] - 2 * half_y, 0))), \
+            int(np.clip(x - half_x, 0, max(image.shape[2] - 2 * half_x, 0)))
+        crop = image[z, y0:y0 + int(2 * half_y), x0:x0 + int(2 * half_x)]
+        level, width = LIVER_WINDOW
+        ax_zoom.imshow(crop, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=sy / sx,
+                       interpolation="nearest")
+        ax_zoom.set_title(f"zoom {ZOOM_MM:g} mm, L{level:g}/W{width:g}", fontsize=8)
+        ax_full.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), crop.shape[1], crop.shape[0], fill=False,
+                                    edgecolor="#aaaaaa", linewidth=0.6, linestyle=":"))
     handles = [Line2D([], [], color=COLOURS.get(n, "#ffffff"), label=n) for n in labels if n != "background"]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(f"{meta['dataset']}: axial slices, window L{level:g}/W{width:g} HU", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    level, width = ABDOMEN_WINDOW
+    fig.suptitle(f"{meta['dataset']}: axial slices (L{level:g}/W{width:g} HU) with label contours, "
+                 "and lesion zooms without contours", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     return fig
