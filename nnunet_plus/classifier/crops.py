@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 DEFAULT_ROI_SHAPE: tuple[int, int, int] = (16, 64, 64)
 DEFAULT_LIVER_SHAPE: tuple[int, int, int] = (32, 64, 64)
@@ -203,15 +202,49 @@ def _padded_block(volume: np.ndarray, lo: Sequence[int], hi: Sequence[int], *, p
     return block
 
 
+def _gaussian_operator(length: int, sigma: float) -> np.ndarray:
+    """(length, length) matrix of a 1D Gaussian filter with 'nearest' borders (scipy's kernel, truncate 4)."""
+    radius = int(4.0 * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    operator = np.zeros((length, length))
+    rows = np.repeat(np.arange(length), offsets.size)
+    cols = np.clip(np.arange(length)[:, None] + offsets[None, :], 0, length - 1).ravel()
+    np.add.at(operator, (rows, cols), np.tile(weights, length))
+    return operator
+
+
+def _axis_operator(positions: np.ndarray, length: int, sigma: float, order: int) -> np.ndarray:
+    """(len(positions), length) matrix: Gaussian smoothing (sigma > 0) then linear / nearest interpolation at
+    ``positions`` (block coordinates, clamped to the block)."""
+    operator = np.zeros((positions.size, length))
+    rows = np.arange(positions.size)
+    if order == 0:
+        np.add.at(operator, (rows, np.clip(np.floor(positions + 0.5).astype(int), 0, length - 1)), 1.0)
+    else:
+        floor = np.floor(positions)
+        weight = positions - floor
+        floor = floor.astype(int)
+        np.add.at(operator, (rows, np.clip(floor, 0, length - 1)), 1.0 - weight)
+        np.add.at(operator, (rows, np.clip(floor + 1, 0, length - 1)), weight)
+    if sigma > 0:
+        operator = operator @ _gaussian_operator(length, sigma)
+    return operator.astype(np.float32)
+
+
 def _resample_block(block: np.ndarray, grid: SamplingGrid, lo: Sequence[int], sigma: Sequence[float], *,
                     order: int) -> np.ndarray:
-    """Anti-alias (when sigma > 0) and interpolate ``block`` (whose index 0 is input index ``lo``)."""
-    block = block.astype(np.float32, copy=False)
-    if order == 1 and any(s > 0 for s in sigma):
-        block = ndimage.gaussian_filter(block, sigma=sigma, mode="nearest", truncate=4.0)
-    offset = [grid.positions(a)[0] - lo[a] for a in range(3)]
-    return ndimage.affine_transform(block, np.asarray(grid.step), offset=offset, output_shape=grid.shape,
-                                    order=order, mode="nearest", prefilter=False, output=np.float32)
+    """Anti-alias (order 1, sigma > 0) and interpolate ``block`` (..., Z, Y, X) whose index 0 is input index
+    ``lo``. The grid is axis-aligned, so both steps are one small matrix per axis (separable)."""
+    operators = [_axis_operator(grid.positions(a) - lo[a], block.shape[a - 3], sigma[a] if order == 1 else 0.0,
+                                order) for a in range(3)]
+    op_z, op_y, op_x = operators
+    out = np.matmul(block.astype(np.float32, copy=False), op_x.T)    # (..., Z, Y, X')
+    out = np.matmul(op_y, out)                                          # (..., Z, Y', X')
+    lead, (n_z, n_y, n_x) = out.shape[:-3], out.shape[-3:]
+    out = np.matmul(op_z, out.reshape(*lead, n_z, n_y * n_x))          # (..., Z', Y' X')
+    return out.reshape(*lead, op_z.shape[0], n_y, n_x)
 
 
 def sample_grid(volume: np.ndarray, grid: SamplingGrid, *, order: int = 1, pad_mode: str = "constant",
@@ -269,11 +302,15 @@ def candidate_rois(image: np.ndarray, instances: np.ndarray, lesion_ids: Sequenc
     for i, (lesion_id, bbox) in enumerate(zip(lesion_ids, bboxes)):
         grid, scales[i] = lesion_grid(bbox, spacing=spacing, target_spacing=target_spacing, roi_shape=roi_shape,
                                       large_lesion=large_lesion, margin=margin)
-        for c in range(image.shape[0]):
-            rois[i, c] = sample_grid(image[c], grid, order=1, pad_mode=pad_mode, pad_value=pads[c])
-        lo, hi, sigma = _block_bounds(grid, mask_order == 1)
-        block = _padded_block(instances, lo, hi, pad_mode="constant", pad_value=0) == lesion_id
-        rois[i, -1] = _resample_block(block, grid, lo, sigma, order=mask_order)
+        lo, hi, sigma = _block_bounds(grid, True)
+        blocks = [_padded_block(image[c], lo, hi, pad_mode=pad_mode, pad_value=pads[c]).astype(np.float32, copy=False)
+                  for c in range(image.shape[0])]
+        mask = _padded_block(instances, lo, hi, pad_mode="constant", pad_value=0) == lesion_id
+        if mask_order == 1:
+            rois[i] = _resample_block(np.stack([*blocks, mask]), grid, lo, sigma, order=1)
+        else:
+            rois[i, :-1] = _resample_block(np.stack(blocks), grid, lo, sigma, order=1)
+            rois[i, -1] = _resample_block(mask, grid, lo, sigma, order=0)
     return rois, scales
 
 
@@ -349,8 +386,9 @@ def liver_input(image: np.ndarray, liver_region_mask: np.ndarray, *, spacing: Se
     lo, hi, sigma = _block_bounds(grid, True)
     inside = _padded_block(liver_region_mask.astype(bool, copy=False), lo, hi, pad_mode="constant",
                            pad_value=0).astype(bool)
-    out = np.empty((image.shape[0], *grid.shape), dtype=np.float32)
+    outside = ~inside
+    blocks = np.empty((image.shape[0], *inside.shape), dtype=np.float32)
     for c in range(image.shape[0]):
-        block = _padded_block(image[c], lo, hi, pad_mode="constant", pad_value=fills[c])
-        out[c] = _resample_block(np.where(inside, block, fills[c]), grid, lo, sigma, order=1)
-    return out
+        blocks[c] = _padded_block(image[c], lo, hi, pad_mode="constant", pad_value=fills[c])
+        blocks[c][outside] = fills[c]
+    return _resample_block(blocks, grid, lo, sigma, order=1)

@@ -164,7 +164,7 @@ def test_liver_input_shape_masking_and_fit_aspect():
     extent = inside.max(0) - inside.min(0) + 1
     np.testing.assert_allclose(extent, [10.7, 42.7, 64], atol=1.5)
     # outside the liver region: the fill value (channel minimum), never the outside image value 7 / 3
-    assert out[0, 0, 0, 0] == -1.0 and out[1, 0, 0, 0] == -1.0
+    assert out[0, 0, 0, 0] == pytest.approx(-1.0) and out[1, 0, 0, 0] == pytest.approx(-1.0)
     assert out[0].max() <= 5.0 + 1e-5 and out[1].max() == pytest.approx(9.0)
     stretched = liver_input(image, liver, spacing=(1, 1, 1), mode="stretch", margin=0.0)
     assert np.all(stretched[0, 1:-1, 1:-1, 1:-1] == pytest.approx(5.0))
