@@ -309,14 +309,14 @@ def seg2det(label_map: np.ndarray, lesion_labels: Sequence[int], *, priority: Se
     cx = rest - cy * c_width
     z0, y0, x0 = (b.start for b in box)
     coords = (cz + z0, cy + y0, cx + x0)
-    full_flat = (coords[0].astype(np.intp) * shape[1] + coords[1]) * shape[2] + coords[2]   # intp: no
-    # conversion at every gather
+    # intp indices: numpy would convert int32 ones at every gather
+    full_flat = (coords[0].astype(np.intp) * shape[1] + coords[1]) * shape[2] + coords[2]
     instances.reshape(-1)[full_flat] = ids
 
     label_values = _gather(label_map, full_flat, coords)
     winners = _vote(ids, label_values, n, lesions, order)
     diameters = _axial_diameters(flat, starts, cz, cy, cx, spacing[1:])
-    centroid = np.stack([np.add.reduceat(c, starts) / counts for c in coords], axis=1)   # (n, 3) z, y, x
+    centroid = np.stack([np.add.reduceat(c, starts, dtype=np.int64) / counts for c in coords], axis=1)  # z y x
     world = _world(centroid, spacing, origin, direction)
     low = np.stack([np.minimum.reduceat(c, starts) for c in coords], axis=1)
     high = np.stack([np.maximum.reduceat(c, starts) for c in coords], axis=1) + 1
