@@ -316,6 +316,12 @@ def test_folder_build_errors(folder_layout):
     with pytest.raises(CandidateBankError, match=r"case liver_001 .*probabilities have shape \(4, 12, 48, 46\)"):
         build_candidate_bank(raw, folds, out, SCHEMA, target_spacing=SPACING, settings=SMALL, num_processes=1,
                              quiet=True)
+    write_nnunet_case(raw, folds[1], "liver_001")
+    with open(folds[1] / "liver_001.pkl", "wb") as fh:
+        pickle.dump({"spacing": [3.0, 1.0, 1.0], "sitk_stuff": {"spacing": (1.0, 1.0, 3.0)}}, fh)
+    with pytest.raises(CandidateBankError, match=r"spacing \[3.0, 1.0, 1.0\] but the raw image has \[2.0, 1.0, 1.0\]"):
+        build_candidate_bank(raw, folds, out, SCHEMA, target_spacing=SPACING, settings=SMALL, num_processes=1,
+                             quiet=True)
     write_nnunet_case(raw, folds[0], "liver_001")
     with pytest.raises(CandidateBankError, match="softmax export in two folders"):
         build_candidate_bank(raw, folds, out, SCHEMA, target_spacing=SPACING, settings=SMALL, num_processes=1)
