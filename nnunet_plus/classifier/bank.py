@@ -36,8 +36,8 @@ from nnunet_plus.classifier.crops import candidate_rois, liver_input, normalise_
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 __all__ = ["BankSettings", "CandidateBankError", "CaseBank", "bank_from_nnunet_results", "build_candidate_bank",
-           "build_case_candidates", "load_case_bank", "read_bank_metadata", "save_case_bank",
-           "target_spacing_from_plans"]
+           "build_case_candidates", "case_files", "classifier_inputs", "load_case_bank", "read_bank_metadata",
+           "save_case_bank", "target_spacing_from_plans"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,49 @@ def _best_partner(pairs: np.ndarray, n: int) -> np.ndarray:
 
 def _classes(ids: np.ndarray, labels: Mapping[int, int], index: Mapping[int, int], none: int) -> np.ndarray:
     return np.array([index[labels[int(i)]] if i > 0 else none for i in ids], dtype=np.int64)
+
+
+def classifier_inputs(image: np.ndarray, analysis, schema: LesionSchema, *, spacing: Sequence[float],
+                      target_spacing: Sequence[float], settings: BankSettings,
+                      channel_names: Sequence[str] | None = None, case_id: str = ""
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The classifier inputs of the candidates of one case (used by the bank build and by inference).
+
+    Parameters
+    ----------
+    image : (C, Z, Y, X) raw intensities (HU for CT), every channel.
+    analysis : :func:`~nnunet_plus.case_analysis.analyse_case` of the case's softmax; the candidates are
+        ``analysis.detections``, the liver region is the liver + lesion labels of ``analysis.label_maps[0]``.
+    spacing, target_spacing : raw and ROI voxel spacing (z, y, x) mm.
+    settings : crop options; ``channel_names`` feed ``normalisation="auto"``.
+
+    Returns
+    -------
+    ``(crops, roi_scale, liver, liver_found)``: float32 ``(N, C + 1, *roi_shape)`` normalised image channels +
+    the candidate's mask, float32 ``(N,)`` field-of-view zoom, float32 ``(C, *liver_shape)`` liver input (the
+    padding value everywhere when nnU-Net found no liver region) and whether it found one.
+    """
+    base_map = analysis.label_maps[0]
+    liver_region = np.isin(base_map, schema.liver_labels + schema.lesion_labels)
+    liver_found = bool(liver_region.any())
+    schemes = settings.schemes(image.shape[0], channel_names)
+    normalised = normalise_intensity(image, scheme=schemes, ct_window=settings.ct_window,
+                                     mask=liver_region if liver_found else None)
+    pads = [float(normalised[c].min()) for c in range(normalised.shape[0])]
+    candidates = analysis.detections
+    ids = [int(r["id"]) for r in candidates.lesions]
+    crops, scales = candidate_rois(normalised, candidates.instances, ids, [r["bbox"] for r in candidates.lesions],
+                                   spacing=spacing, target_spacing=target_spacing, roi_shape=settings.roi_shape,
+                                   large_lesion=settings.large_lesion, margin=settings.margin,
+                                   pad_mode=settings.pad_mode, pad_value=pads, mask_order=settings.mask_order)
+    if liver_found:
+        liver = liver_input(normalised, liver_region, spacing=spacing, shape=settings.liver_shape,
+                            mode=settings.liver_mode, margin=settings.liver_margin, fill_value=pads)
+    else:
+        logger.warning("case %s: nnU-Net predicted no liver region; its liver input is blank", case_id)
+        liver = np.broadcast_to(np.asarray(pads, np.float32)[:, None, None, None],
+                                (image.shape[0], *settings.liver_shape))
+    return crops, scales, liver, liver_found
 
 
 def build_case_candidates(case_id: str, image: np.ndarray, reference_label_map: np.ndarray,
@@ -143,27 +186,10 @@ def build_case_candidates(case_id: str, image: np.ndarray, reference_label_map: 
     ref_covered[overlap[:, 1] - 1] = True
     ref_class = _classes(np.arange(1, n_ref + 1), ref_labels, index, num_classes)
 
-    # inputs: normalised image, liver region of nnU-Net's own (f=1) map, crops
-    base_map = analysis.label_maps[0]
-    liver_region = np.isin(base_map, schema.liver_labels + lesion_labels)
-    liver_found = bool(liver_region.any())
-    schemes = settings.schemes(image.shape[0], channel_names)
-    normalised = normalise_intensity(image, scheme=schemes, ct_window=settings.ct_window,
-                                     mask=liver_region if liver_found else None)
-    pads = [float(normalised[c].min()) for c in range(normalised.shape[0])]
+    crops, scales, liver, liver_found = classifier_inputs(image, analysis, schema, spacing=spacing,
+                                                          target_spacing=target_spacing, settings=settings,
+                                                          channel_names=channel_names, case_id=case_id)
     ids = [int(r["id"]) for r in candidates.lesions]
-    crops, scales = candidate_rois(normalised, candidates.instances, ids, [r["bbox"] for r in candidates.lesions],
-                                   spacing=spacing, target_spacing=target_spacing, roi_shape=settings.roi_shape,
-                                   large_lesion=settings.large_lesion, margin=settings.margin,
-                                   pad_mode=settings.pad_mode, pad_value=pads, mask_order=settings.mask_order)
-    if liver_found:
-        liver = liver_input(normalised, liver_region, spacing=spacing, shape=settings.liver_shape,
-                            mode=settings.liver_mode, margin=settings.liver_margin, fill_value=pads)
-    else:
-        logger.warning("case %s: nnU-Net predicted no liver region; its liver input is blank", case_id)
-        liver = np.broadcast_to(np.asarray(pads, np.float32)[:, None, None, None],
-                                (image.shape[0], *settings.liver_shape))
-
     present = [v for v in lesion_labels if np.any(reference_label_map == v)]
     ref_patient_label = classify_patient(present, schema.priority_labels)
     nnunet_patient_label = int(analysis.patient_class)
@@ -264,7 +290,7 @@ def _build_case_job(job: _CaseJob) -> tuple[str, int]:
     return job.case_id, int(arrays["target"].shape[0])
 
 
-def _case_files(raw_dataset_dir: Path, dataset_json: Mapping, case_id: str) -> tuple[list[Path], Path]:
+def case_files(raw_dataset_dir: Path, dataset_json: Mapping, case_id: str) -> tuple[list[Path], Path]:
     """Image files (one per channel) and label file of a case, as nnU-Net finds them."""
     ending = dataset_json["file_ending"]
     if "dataset" in dataset_json:
@@ -338,7 +364,7 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     problems = []
     inputs: dict[str, tuple[list[Path], Path]] = {}
     for case_id in sorted(softmax):
-        images, label = _case_files(raw_dataset_dir, dataset_json, case_id)
+        images, label = case_files(raw_dataset_dir, dataset_json, case_id)
         missing = [str(p) for p in images if not p.is_file()] if images else [f"images of {case_id}"]
         if not label.is_file():
             missing.append(str(label))
