@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import pickle
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from nnunet_plus.predict.inputs import Geometry
 from nnunet_plus.predict.refine import CaseResult
-from nnunet_plus.schema import LesionSchema, write_json_atomic
+from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +71,23 @@ def is_case_done(output_folder: str | Path, case: str, *, save_probabilities: bo
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path`` (same suffixes); renamed onto ``path`` if the block succeeds."""
+    """Yield a unique hidden temp path beside ``path`` (same suffixes, not created: the writer creates it with
+    the usual permissions); renamed onto ``path`` if the block succeeds, removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Indented JSON, written atomically (``schema.write_json_atomic`` without its 0600 temp-file mode)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
@@ -110,7 +116,7 @@ def write_case(output_folder: str | Path, result: CaseResult) -> None:
     n = int(result.instances.max(initial=0))
     write_image(result.instances.astype(np.uint16 if n < 2 ** 16 else np.int32, copy=False), result.geometry,
                 paths["instances"])
-    write_json_atomic(paths["json"], result.record)
+    write_json(paths["json"], result.record)
 
 
 # ---- cohort tables ---------------------------------------------------------------------------------------

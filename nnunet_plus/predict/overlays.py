@@ -1,0 +1,68 @@
+"""``--overlays``: one PNG per case, each reported lesion on its own axial slice with contour, type, probability.
+
+Panels are the axial slice (numpy axis 0) where the lesion has its largest area, the CT shown in an
+abdominal window (W 400, L 50 HU; rendered with matplotlib's Agg
+canvas directly, no pyplot state, so it is safe in worker threads), the lesion contour in its label colour, the liver contour in brown.
+A case without lesions gets one panel (the slice with the most liver) titled "no lesion".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nnunet_plus.predict.outputs import atomic_path, label_colors
+from nnunet_plus.schema import LesionSchema
+
+#: at most this many panels (largest lesions first); the title says how many were left out
+MAX_PANELS = 12
+CT_WINDOW = (-150.0, 250.0)
+
+
+def _largest_slice(mask: np.ndarray) -> int:
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    return int(np.argmax(areas))
+
+
+def write_overlay(path: str | Path, image: np.ndarray, label_map: np.ndarray, instances: np.ndarray,
+                  lesions: Sequence[dict], schema: LesionSchema, *, title: str = "",
+                  aspect: float = 1.0) -> None:
+    """Render the overlay PNG.
+
+    image : (C, Z, Y, X) or (Z, Y, X) CT in HU (channel 0 is shown); label_map, instances : (Z, Y, X);
+    lesions : the JSON lesion records (``id``, ``class``, ``probability``); aspect : y/x pixel spacing ratio.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ct = image[0] if image.ndim == 4 else image
+    colors = {name: np.asarray(rgb) / 255.0 for name, rgb in label_colors(schema).values()}
+    liver = np.isin(label_map, list(schema.liver_labels) + list(schema.lesion_labels))
+    ordered = sorted(lesions, key=lambda r: -float(r.get("volume_mm3", 0.0)))
+    shown = ordered[:MAX_PANELS]
+    panels = [(int(r["id"]), r) for r in shown] or [(0, None)]
+    cols = min(4, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig = Figure(figsize=(3.2 * cols, 3.4 * rows + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (lesion_id, rec) in zip(axes.ravel(), panels):
+        mask = instances == lesion_id if rec is not None else liver
+        z = _largest_slice(mask) if mask.any() else ct.shape[0] // 2
+        ax.imshow(ct[z], cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], aspect=aspect,
+                  interpolation="nearest")
+        if liver[z].any():
+            ax.contour(liver[z], levels=[0.5], colors=[colors[schema.liver[0]]], linewidths=0.6)
+        if rec is None:
+            ax.set_title(f"no lesion (slice {z})", fontsize=9)
+            continue
+        ax.contour(mask[z], levels=[0.5], colors=[colors.get(rec["class"], (1.0, 1.0, 0.0))], linewidths=1.2)
+        ax.set_title(f"#{lesion_id} {rec['class']} p={float(rec['probability']):.2f} (z={z})", fontsize=9)
+    left_out = len(ordered) - len(shown)
+    fig.suptitle(title + (f" (+{left_out} smaller lesions not shown)" if left_out else ""), fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
