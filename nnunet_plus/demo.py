@@ -1,0 +1,218 @@
+"""``nnunet_plus_demo``: the whole pipeline on the built-in phantom cohort, with the real nnU-Net commands.
+
+Steps (each skipped when its outputs exist, so re-running continues where it stopped):
+
+1. ``nnunet_plus_make_phantom``: a synthetic NCCT cohort (``--cases`` training + ``--test-cases`` test cases).
+2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
+3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
+4. ``nnUNetv2_train`` nnUNetTrainerPLUS on folds 0 and 1 (the CPU-sized variant on CPU; resumes with ``--c``).
+5. ``nnunet_plus_train_classifier`` on folds 0 and 1 (tiny preset on CPU; builds the candidate bank first).
+6. ``nnunet_plus_predict`` on the test images twice: nnU-Net alone (``--no-classifier``) and + PLUS.
+7. ``nnunet_plus_evaluate --baseline``: nnU-Net alone vs + PLUS, printed, plus plots.
+8. ``report.md`` in the work folder: the comparison table, plots, overlays and the time of every step.
+
+nnUNet_raw / nnUNet_preprocessed / nnUNet_results are set inside the work folder for the child processes only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nnunet_plus.paths import trainers_path
+from nnunet_plus.schema import write_json_atomic
+
+DATASET_ID = 990
+DATASET_NAME = f"Dataset{DATASET_ID}_LiverPhantom"
+CONFIGURATION = "3d_fullres"
+FOLDS = (0, 1)
+TRAINERS = {"cpu": "nnUNetTrainerPLUS_cpuTiny", "cuda": "nnUNetTrainerPLUS_50epochs"}
+CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
+TIMINGS_FILE = "demo_timings.json"
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message names the step and its log."""
+
+
+class Demo:
+    """Runs the steps in a work folder; ``timings`` (seconds per step) persist across re-runs."""
+
+    def __init__(self, workdir: Path, *, device: str, n_train: int, n_test: int, classifier_epochs: int,
+                 num_processes: int) -> None:
+        self.workdir = workdir.resolve()
+        self.device = device
+        self.n_train, self.n_test = n_train, n_test
+        self.classifier_epochs = classifier_epochs
+        self.num_processes = num_processes
+        self.trainer = TRAINERS[device]
+        self.raw = self.workdir / "nnUNet_raw"
+        self.preprocessed = self.workdir / "nnUNet_preprocessed"
+        self.results = self.workdir / "nnUNet_results"
+        self.predictions = self.workdir / "predictions"
+        self.evaluation = self.workdir / "evaluation"
+        self.logs = self.workdir / "logs"
+        self.timings_path = self.workdir / TIMINGS_FILE
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+        self.env = {**os.environ, "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+                    "nnUNet_results": str(self.results), "nnUNet_extTrainer": trainers_path(),
+                    "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", str(max(1, num_processes - 1))),
+                    "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", str(num_processes)),
+                    "nnUNet_compile": os.environ.get("nnUNet_compile", "false")}
+
+    # ---- plumbing ------------------------------------------------------------------------------------
+    def _command(self, name: str) -> str:
+        path = Path(sys.executable).parent / name
+        found = str(path) if path.is_file() else shutil.which(name)
+        if not found:
+            raise DemoError(f"command {name} not found; install nnunet_plus (pip install .) in this environment")
+        return found
+
+    def run(self, step: str, args: list[str]) -> None:
+        """Run a command, streaming its output to the console and to logs/<step>.log."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{step}.log"
+        command = [self._command(args[0]), *args[1:]]
+        print(f"\n=== [{step}] {' '.join(command)}", flush=True)
+        with open(log, "a") as fh:
+            fh.write(f"$ {' '.join(command)}\n")
+            process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, bufsize=1)
+            for line in process.stdout:
+                fh.write(line)
+                sys.stdout.write(line)
+            code = process.wait()
+        if code != 0:
+            raise DemoError(f"step {step} failed (exit {code}); see {log}. Re-run the demo to continue from here.")
+
+    def timed(self, step: str, done: bool, action) -> None:
+        """Run ``action`` unless ``done``; record its wall time."""
+        if done:
+            print(f"=== [{step}] already done, skipped", flush=True)
+            return
+        start = time.perf_counter()
+        action()
+        self.timings[step] = round(time.perf_counter() - start, 1)
+        write_json_atomic(self.timings_path, self.timings)
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    @property
+    def dataset_raw(self) -> Path:
+        return self.raw / DATASET_NAME
+
+    @property
+    def model_folder(self) -> Path:
+        return self.results / DATASET_NAME / f"{self.trainer}__nnUNetPlans__{CONFIGURATION}"
+
+    @property
+    def classifier_folder(self) -> Path:
+        return self.results / DATASET_NAME / f"PLUSClassifier__{self.trainer}__nnUNetPlans__{CONFIGURATION}"
+
+    def make_phantom(self) -> None:
+        self.raw.mkdir(parents=True, exist_ok=True)
+        self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
+                             "--n-test", str(self.n_test), "--out", str(self.raw),
+                             "-np", str(self.num_processes), "--preview", str(self.workdir / "phantom_preview.png")])
+
+    def plan_and_preprocess(self) -> None:
+        self.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
+                                         "-np", str(self.num_processes), "--verify_dataset_integrity"])
+
+    def write_two_fold_split(self) -> None:
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (self.dataset_raw / "labelsTr").glob("*.nii.gz"))
+        splits = [{"train": cases[1::2], "val": cases[0::2]}, {"train": cases[0::2], "val": cases[1::2]}]
+        write_json_atomic(self.preprocessed / DATASET_NAME / "splits_final.json", splits)
+
+    def train_fold(self, fold: int) -> None:
+        resume = ["--c"] if (self.model_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
+        self.run(f"nnunet_fold{fold}", ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, str(fold), "-tr",
+                                        self.trainer, "-device", self.device, *resume])
+
+    def train_classifier(self, fold: int) -> None:
+        resume = ["--c"] if (self.classifier_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
+        self.run(f"classifier_fold{fold}", [
+            "nnunet_plus_train_classifier", str(DATASET_ID), CONFIGURATION, str(fold), "-tr", self.trainer,
+            "-device", self.device, "--preset", CLASSIFIER_PRESETS[self.device],
+            "--epochs", str(self.classifier_epochs), "-np", str(self.num_processes), *resume])
+
+    def predict(self, name: str, extra: list[str]) -> None:
+        self.run(f"predict_{name}", [
+            "nnunet_plus_predict", "-i", str(self.dataset_raw / "imagesTs"), "-o", str(self.predictions / name),
+            "-d", str(DATASET_ID), "-c", CONFIGURATION, "-tr", self.trainer, "-f", *map(str, FOLDS),
+            "-device", self.device, "--disable_tta", "--continue_prediction", "-npp", "1", "-nps", "1", *extra])
+
+    def evaluate(self) -> None:
+        self.run("evaluate", [
+            "nnunet_plus_evaluate", "-ref", str(self.dataset_raw / "labelsTs"), "-pred", str(self.predictions / "plus"),
+            "--baseline", str(self.predictions / "nnunet"), "-d", str(DATASET_ID), "--min-volume", "0",
+            "-o", str(self.evaluation / "summary.json"), "--plots", str(self.evaluation / "plots"),
+            "-np", str(self.num_processes)])
+
+    def _predicted_all(self, name: str) -> bool:
+        folder = self.predictions / name
+        return (folder / "patients.csv").is_file() and \
+            len(list(folder.glob("*.json"))) >= len(list((self.dataset_raw / "imagesTs").glob("*_0000.nii.gz")))
+
+    def run_all(self) -> Path:
+        self.timed("phantom", (self.dataset_raw / "dataset.json").is_file(), self.make_phantom)
+        self.timed("plan_and_preprocess", (self.preprocessed / DATASET_NAME / "nnUNetPlans.json").is_file()
+                   and (self.preprocessed / DATASET_NAME / "gt_segmentations").is_dir(), self.plan_and_preprocess)
+        if not (self.preprocessed / DATASET_NAME / "splits_final.json").is_file():
+            self.write_two_fold_split()
+        for fold in FOLDS:
+            done = (self.model_folder / f"fold_{fold}" / "validation" / "plus_summary.json").is_file()
+            self.timed(f"nnunet_fold{fold}", done, lambda f=fold: self.train_fold(f))
+        for fold in FOLDS:
+            done = (self.classifier_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+            self.timed(f"classifier_fold{fold}", done, lambda f=fold: self.train_classifier(f))
+        self.timed("predict_nnunet", self._predicted_all("nnunet"), lambda: self.predict("nnunet", ["--no-classifier"]))
+        self.timed("predict_plus", self._predicted_all("plus"), lambda: self.predict("plus", ["--overlays"]))
+        self.timed("evaluate", (self.evaluation / "summary.json").is_file(), self.evaluate)
+        from nnunet_plus.demo_report import write_report
+
+        report = write_report(self)
+        print(f"\nreport: {report}\ntotal time of the steps: {sum(self.timings.values()):.0f} s", flush=True)
+        return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnunet_plus_demo",
+        description="Generate a phantom liver CT cohort, train nnUNetTrainerPLUS (2 folds) and the PLUS classifier, "
+                    "predict the test cases and compare nnU-Net alone with nnU-Net + PLUS. Re-run to continue.")
+    parser.add_argument("--workdir", type=Path, default=Path("nnunet_plus_demo"),
+                        help="work folder (default: ./nnunet_plus_demo); nnU-Net's folders are created inside")
+    parser.add_argument("-device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--cases", type=int, default=60, help="training cases (default: 60)")
+    parser.add_argument("--test-cases", type=int, default=20, help="held-out test cases (default: 20)")
+    parser.add_argument("--classifier-epochs", type=int, default=30, help="PLUS classifier epochs (default: 30)")
+    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 4),
+                        help="worker processes (default: CPU count, at most 4)")
+    args = parser.parse_args(argv)
+    if args.cases < 4 or args.test_cases < 1:
+        print("nnunet_plus_demo: error: need --cases >= 4 (two folds) and --test-cases >= 1", file=sys.stderr)
+        return 2
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("nnunet_plus_demo: error: -device cuda but no CUDA GPU is visible; use -device cpu",
+                  file=sys.stderr)
+            return 2
+    demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
+                classifier_epochs=args.classifier_epochs, num_processes=args.num_processes)
+    try:
+        demo.run_all()
+    except DemoError as exc:
+        print(f"nnunet_plus_demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
