@@ -9,7 +9,9 @@ needs one comparison::
 
 (the equality case is ``numpy.argmax``'s rule: ties go to the lowest label index). ``f * max_L`` is rounded
 to float32, exactly as when the scaled channels are materialised in float32, so ``f = 1`` reproduces
-nnU-Net's argmax bit for bit and raising ``f`` never removes a lesion voxel (rounding is monotone).
+nnU-Net's argmax bit for bit and raising ``f`` never removes a lesion voxel (rounding is monotone). By that
+monotonicity a factor between the smallest and the largest one can only differ from the smallest one where
+the largest one makes a lesion voxel, so only those voxels are compared for the factors in between.
 """
 from __future__ import annotations
 
@@ -103,16 +105,21 @@ def _labels_numpy(probabilities: np.ndarray, lesions: list[int], others: list[in
     spatial = probabilities.shape[1:]
     out = np.empty((len(factors),) + spatial, dtype=np.uint8)
     work = np.float64 if probabilities.dtype == np.float64 else np.float32
+    # the smallest and the largest factor are evaluated everywhere; a factor in between can only differ
+    # from the smallest one where the largest one turns a voxel into lesion (monotonicity), so it is
+    # evaluated there only
+    by_factor = sorted(range(len(factors)), key=lambda i: factors[i])
+    lowest, highest, middle = by_factor[0], by_factor[-1], by_factor[1:-1]
     buf_shape = (min(chunk_slices, depth),) + spatial[1:]
     max_n, max_l, scratch = (np.empty(buf_shape, dtype=work) for _ in range(3))
     arg_n, arg_l, step = (np.empty(buf_shape, dtype=np.uint8) for _ in range(3))
-    mask = np.empty(buf_shape, dtype=bool)
+    mask, wins_low = (np.empty(buf_shape, dtype=bool) for _ in range(2))
     above = np.asarray(np.inf, dtype=work)
     for z0 in range(0, depth, chunk_slices):
         n = min(chunk_slices, depth - z0)
         chunk = probabilities[:, z0:z0 + n]
         mn, ml, sc = max_n[:n], max_l[:n], scratch[:n]
-        an, al, st, mk = arg_n[:n], arg_l[:n], step[:n], mask[:n]
+        an, al, st, mk, low = arg_n[:n], arg_l[:n], step[:n], mask[:n], wins_low[:n]
         _max_argmax_numpy(chunk, others, mn, an, mk, sc)
         _max_argmax_numpy(chunk, lesions, ml, al, mk, sc)
         # lesion wins iff f * max_L >= threshold: threshold = max_N where a tie goes to the lesion (lower
@@ -121,12 +128,22 @@ def _labels_numpy(probabilities: np.ndarray, lesions: list[int], others: list[in
         np.greater_equal(al, an, out=mk)
         np.copyto(mn, sc, where=mk)
         np.subtract(al, an, out=st)                 # uint8 wrap-around: an + st == al (mod 256)
-        for i, factor in enumerate(factors):
+        for i, wins in ((lowest, low), (highest, mk))[:min(len(factors), 2)]:
+            factor = factors[i]
             scaled = ml if factor == 1.0 else np.multiply(ml, work(factor), out=sc)
-            np.greater_equal(scaled, mn, out=mk)
+            np.greater_equal(scaled, mn, out=wins)
             target = out[i, z0:z0 + n]
-            np.multiply(mk, st, out=target)
+            np.multiply(wins, st, out=target)
             np.add(target, an, out=target)
+        if middle:
+            np.greater(mk, low, out=mk)             # lesion at the highest factor only
+            where = np.flatnonzero(mk)
+            ml_at, th_at = ml.reshape(-1)[where], mn.reshape(-1)[where]
+            al_at, an_at = al.reshape(-1)[where], an.reshape(-1)[where]
+            for i in middle:
+                target = out[i, z0:z0 + n]
+                np.copyto(target, out[lowest, z0:z0 + n])
+                target.reshape(-1)[where] = np.where(ml_at * work(factors[i]) >= th_at, al_at, an_at)
     return out
 
 
