@@ -68,12 +68,16 @@ def test_axial_diameter_equals_brute_force(label_map, spacing):
 
 @SETTINGS
 @given(label_map=label_maps, seed=st.integers(0, 2 ** 16))
-def test_factor_one_is_argmax_and_higher_factors_only_add_lesion_voxels(label_map, seed):
+def test_maps_are_argmax_of_the_scaled_softmax_and_higher_factors_only_add_lesion_voxels(label_map, seed):
     rng = np.random.default_rng(seed)
-    # quantised probabilities: many exact ties
+    # quantised probabilities: many exact ties; powers of two: the scaled reference is exact
     probabilities = (rng.integers(0, 4, (5, *label_map.shape)) / 4).astype(np.float32)
-    maps = multi_sensitivity_labels(probabilities, [2, 3], [1, 2, 4])
-    np.testing.assert_array_equal(maps[0], np.argmax(probabilities, axis=0))
+    factors = [1, 2, 4]
+    maps = multi_sensitivity_labels(probabilities, [2, 3], factors, chunk_slices=int(rng.integers(1, 4)))
+    for i, factor in enumerate(factors):
+        scaled = probabilities.copy()
+        scaled[[2, 3]] *= factor
+        np.testing.assert_array_equal(maps[i], np.argmax(scaled, axis=0))
     lesion = np.isin(maps, [2, 3])
     assert not np.any(lesion[0] & ~lesion[1]) and not np.any(lesion[1] & ~lesion[2])
 
