@@ -124,16 +124,22 @@ def make_case(shape: tuple[int, int, int], n_lesions: int, seed: int, chunk: int
 
 
 # ---- measuring ------------------------------------------------------------------------------------------
-def best_time(function: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Shortest CPU time (this process) and shortest wall-clock time of ``repeats`` calls, in seconds."""
-    cpu, wall = [], []
+def best_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Shortest CPU time (this process) and shortest wall-clock time of each function, in seconds.
+
+    The functions run in turns (a, b, c, a, b, c, ...) so that a change of load on a shared machine
+    weighs on all of them alike.
+    """
+    cpu: dict[str, list[float]] = {key: [] for key in functions}
+    wall: dict[str, list[float]] = {key: [] for key in functions}
     for _ in range(repeats):
-        gc.collect()
-        start_cpu, start_wall = time.process_time(), time.perf_counter()
-        function()
-        cpu.append(time.process_time() - start_cpu)
-        wall.append(time.perf_counter() - start_wall)
-    return min(cpu), min(wall)
+        for key, function in functions.items():
+            gc.collect()
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            function()
+            cpu[key].append(time.process_time() - start_cpu)
+            wall[key].append(time.perf_counter() - start_wall)
+    return {key: (min(cpu[key]), min(wall[key])) for key in functions}
 
 
 def peak_extra_bytes(function: Callable[[], object]) -> int:
@@ -153,14 +159,14 @@ def verdict(value: float, limit: float, *, strict: bool = False) -> str:
 
 
 class Timer:
-    """Times callables into a result dict: ``key`` (CPU s) and ``key_wall`` (wall-clock s)."""
+    """Times groups of callables into a result dict: ``key`` (CPU s) and ``key_wall`` (wall-clock s)."""
 
-    def __init__(self, results: dict, repeats: int) -> None:
-        self.results, self.repeats = results, repeats
+    def __init__(self, results: dict) -> None:
+        self.results = results
 
-    def __call__(self, key: str, function: Callable[[], object], *, repeats: int | None = None) -> float:
-        self.results[key], self.results[key + "_wall"] = best_time(function, repeats or self.repeats)
-        return self.results[key]
+    def __call__(self, repeats: int, **functions: Callable[[], object]) -> None:
+        for key, (cpu, wall) in best_times(functions, repeats).items():
+            self.results[key], self.results[key + "_wall"] = cpu, wall
 
     def show(self, name: str, key: str, comparison: str = "") -> None:
         print(f"{name:38s} {self.results[key]:7.3f} s  (wall {self.results[key + '_wall']:7.3f} s)  {comparison}",
@@ -176,11 +182,12 @@ def run(shape, n_lesions: int, seed: int, repeats: int, dtypes: list[str]) -> di
     for dtype in dtypes:
         p = probabilities32 if dtype == "float32" else probabilities32.astype(dtype)
         r: dict = {"array_mb": p.nbytes / 2 ** 20}
-        timer = Timer(r, repeats)
+        timer = Timer(r)
         print(f"\n== {dtype}: probabilities {r['array_mb']:.0f} MiB; CPU times (best of {repeats})", flush=True)
-        argmax = timer("argmax_s", lambda: np.argmax(p, axis=0))
-        two = timer("ms2_s", lambda: multi_sensitivity_labels(p, LESIONS, [1, 4]))
-        four = timer("ms4_s", lambda: multi_sensitivity_labels(p, LESIONS, [1, 2, 4, 8]))
+        timer(repeats, argmax_s=lambda: np.argmax(p, axis=0),
+              ms2_s=lambda: multi_sensitivity_labels(p, LESIONS, [1, 4]),
+              ms4_s=lambda: multi_sensitivity_labels(p, LESIONS, [1, 2, 4, 8]))
+        argmax, two, four = r["argmax_s"], r["ms2_s"], r["ms4_s"]
         r["argmax_peak_mb"] = peak_extra_bytes(lambda: np.argmax(p, axis=0)) / 2 ** 20
         r["ms2_peak_mb"] = peak_extra_bytes(lambda: multi_sensitivity_labels(p, LESIONS, [1, 4])) / 2 ** 20
         r["ms4_peak_mb"] = peak_extra_bytes(lambda: multi_sensitivity_labels(p, LESIONS, [1, 2, 4, 8])) / 2 ** 20
@@ -206,14 +213,15 @@ def run(shape, n_lesions: int, seed: int, repeats: int, dtypes: list[str]) -> di
               f"{r['lesions_26']} (26-conn); f = 4: {r['lesions_paper_f4']} lesions (paper)")
         fast = 3 * repeats                         # labelling takes milliseconds: more runs, steadier minimum
         mask4 = label_mask(label_maps[1], LESIONS)
-        cc = timer("cc3d_s", lambda: cc3d.connected_components(mask, connectivity=26), repeats=fast)
-        cc4 = timer("cc3d_f4_s", lambda: cc3d.connected_components(mask4, connectivity=26), repeats=fast)
-        sk = timer("skimage_s", lambda: skimage.measure.label(mask, connectivity=3), repeats=fast)
-        timer("scipy26_s", lambda: ndi.label(mask, structure=np.ones((3, 3, 3), dtype=bool)), repeats=fast)
-        timer("scipy_paper_s", lambda: ndi.label(mask, structure=PAPER_STRUCTURE), repeats=fast)
-        timer("seg2det_paper_s", lambda: seg2det(label_map, LESIONS, **options), repeats=fast)
-        timer("seg2det_26_s", lambda: seg2det(label_map, LESIONS, connectivity=26, **options), repeats=fast)
-        timer("seg2det_paper_f4_s", lambda: seg2det(label_maps[1], LESIONS, **options), repeats=fast)
+        timer(fast, cc3d_s=lambda: cc3d.connected_components(mask, connectivity=26),
+              cc3d_f4_s=lambda: cc3d.connected_components(mask4, connectivity=26),
+              skimage_s=lambda: skimage.measure.label(mask, connectivity=3),
+              scipy26_s=lambda: ndi.label(mask, structure=np.ones((3, 3, 3), dtype=bool)),
+              scipy_paper_s=lambda: ndi.label(mask, structure=PAPER_STRUCTURE),
+              seg2det_paper_s=lambda: seg2det(label_map, LESIONS, **options),
+              seg2det_26_s=lambda: seg2det(label_map, LESIONS, connectivity=26, **options),
+              seg2det_paper_f4_s=lambda: seg2det(label_maps[1], LESIONS, **options))
+        cc, cc4, sk = r["cc3d_s"], r["cc3d_f4_s"], r["skimage_s"]
         timer.show("cc3d.connected_components 26-conn", "cc3d_s")
         timer.show("skimage.measure.label 26-conn", "skimage_s", f"= {sk / cc:.2f}x cc3d")
         timer.show("scipy.ndimage.label 26-conn", "scipy26_s", f"= {r['scipy26_s'] / cc:.2f}x cc3d")
@@ -229,8 +237,8 @@ def run(shape, n_lesions: int, seed: int, repeats: int, dtypes: list[str]) -> di
                    f"= {ratio:.2f}x cc3d (f=4 mask)  target <= 3x  {verdict(ratio, 3.0)}")
 
         liver_options = dict(liver_labels=[LIVER], lesion_labels=LESIONS, spacing=spacing)
-        timer("livermax_s", lambda: liver_max(p, label_map, **liver_options))
-        timer("livermax_5mm_s", lambda: liver_max(p, label_map, dilate_mm=5.0, **liver_options))
+        timer(repeats, livermax_s=lambda: liver_max(p, label_map, **liver_options),
+              livermax_5mm_s=lambda: liver_max(p, label_map, dilate_mm=5.0, **liver_options))
         print()
         timer.show("liver_max", "livermax_s")
         timer.show("liver_max, 5 mm dilation", "livermax_5mm_s")
