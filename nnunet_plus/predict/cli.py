@@ -5,6 +5,8 @@ Flags are nnU-Net's (``nnUNetv2_predict``) wherever nnU-Net has one; see docs/pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import multiprocessing
 import sys
@@ -67,6 +69,10 @@ def _device(name: str | None):
 
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("-device cuda was asked for but torch sees no CUDA GPU; use -device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("-device mps was asked for but torch sees no MPS device; use -device cpu")
     if name == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
     return torch.device(name)
@@ -76,8 +82,6 @@ def _schema_for_plug_and_play(args):
     """Schema + channel count: the trained model's dataset.json when it exists, else the raw dataset's."""
     from nnunet_plus.predict.predictor import model_folder
     from nnunet_plus.schema import LesionSchema
-    import dataclasses
-    import json
 
     try:
         path = model_folder(args.d, args.c, trainer=args.tr, plans=args.p) / "dataset.json"
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-part_id must be in 0..{args.num_parts - 1} (counting starts at 0)")
     if args.npp < 0 or args.nps < 0:
         parser.error("-npp and -nps must be >= 0")
+    if args.f is not None:
+        args.f = [int(f) if f.isdigit() else f for f in args.f]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     ensure_ext_trainer_env()

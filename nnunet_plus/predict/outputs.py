@@ -85,7 +85,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Indented JSON, written atomically (``schema.write_json_atomic`` without its 0600 temp-file mode)."""
+    """Indented JSON, written atomically; unlike ``schema.write_json_atomic`` it never touches the process
+    umask, so it is safe in the export threads."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 

@@ -25,6 +25,10 @@ def _largest_slice(mask: np.ndarray) -> int:
     return int(np.argmax(areas))
 
 
+def _panel_title(ax, text: str) -> None:
+    ax.text(0.5, 1.01, text, transform=ax.transAxes, ha="center", va="bottom", fontsize=9)
+
+
 def write_overlay(path: str | Path, image: np.ndarray, label_map: np.ndarray, instances: np.ndarray,
                   lesions: Sequence[dict], schema: LesionSchema, *, title: str = "",
                   aspect: float = 1.0) -> None:
@@ -46,9 +50,11 @@ def write_overlay(path: str | Path, image: np.ndarray, label_map: np.ndarray, in
     rows = int(np.ceil(len(panels) / cols))
     fig = Figure(figsize=(3.2 * cols, 3.4 * rows + 0.4))
     FigureCanvasAgg(fig)
+    top = 1.0 - 0.4 / (3.4 * rows + 0.4)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top - 0.02, wspace=0.04, hspace=0.12)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
-        ax.axis("off")
+        ax.set_axis_off()  # no ticks: titles are plain text, no tight_layout (both cost seconds per figure)
     for ax, (lesion_id, rec) in zip(axes.ravel(), panels):
         mask = instances == lesion_id if rec is not None else liver
         z = _largest_slice(mask) if mask.any() else ct.shape[0] // 2
@@ -57,12 +63,12 @@ def write_overlay(path: str | Path, image: np.ndarray, label_map: np.ndarray, in
         if liver[z].any():
             ax.contour(liver[z], levels=[0.5], colors=[colors[schema.liver[0]]], linewidths=0.6)
         if rec is None:
-            ax.set_title(f"no lesion (slice {z})", fontsize=9)
+            _panel_title(ax, f"no lesion (slice {z})")
             continue
         ax.contour(mask[z], levels=[0.5], colors=[colors.get(rec["class"], (1.0, 1.0, 0.0))], linewidths=1.2)
-        ax.set_title(f"#{lesion_id} {rec['class']} p={float(rec['probability']):.2f} (z={z})", fontsize=9)
+        _panel_title(ax, f"#{lesion_id} {rec['class']} p={float(rec['probability']):.2f} (z={z})")
     left_out = len(ordered) - len(shown)
-    fig.suptitle(title + (f" (+{left_out} smaller lesions not shown)" if left_out else ""), fontsize=10)
-    fig.tight_layout()
+    fig.text(0.5, 1.0 - 0.1 / (3.4 * rows + 0.4), title + (f" (+{left_out} smaller lesions not shown)" if left_out
+                                                        else ""), ha="center", va="top", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")

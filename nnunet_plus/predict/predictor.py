@@ -163,7 +163,8 @@ class PLUSPredictor:
         if self.use_classifier and classifier_folder is not None and Path(classifier_folder).is_dir():
             from nnunet_plus.classifier.inference import PLUSInference
 
-            classifier = PLUSInference.from_folder(classifier_folder, folds=folds, device=self.device, schema=schema)
+            classifier = PLUSInference.from_folder(classifier_folder, folds=None if folds is None else use_folds,
+                                                   device=self.device, schema=schema)
         elif self.use_classifier:
             logger.warning("no PLUS classifier at %s: reporting nnU-Net's lesions (nnU-Net prior = probability); "
                            "use --no-classifier to silence this", classifier_folder)

@@ -113,3 +113,28 @@ def test_is_case_done_needs_every_requested_file(tmp_path):
     assert not is_case_done(tmp_path, "c", overlays=True)
     (tmp_path / "c.json").unlink()
     assert not is_case_done(tmp_path, "c")
+
+
+@pytest.mark.parametrize("n_lesions", [0, 1, 14])
+def test_overlay_png(tmp_path, n_lesions):
+    from nnunet_plus.predict.overlays import MAX_PANELS, write_overlay
+
+    image = np.full((1, 6, 40, 40), 60.0, np.float32)
+    labels = np.zeros((6, 40, 40), np.uint8)
+    labels[:, 5:35, 5:35] = 1
+    instances = np.zeros((6, 40, 40), np.int32)
+    lesions = []
+    for i in range(n_lesions):
+        y, x = 6 + 2 * (i // 7) * 4, 6 + (i % 7) * 4
+        instances[2, y:y + 3, x:x + 3] = i + 1
+        labels[2, y:y + 3, x:x + 3] = 2
+        lesions.append({"id": i + 1, "class": "hcc", "probability": 0.5, "volume_mm3": 9.0 - i * 0.1})
+    path = tmp_path / "case_overlay.png"
+    write_overlay(path, image, labels, instances, lesions, SCHEMA, title="case")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    panels = max(1, min(n_lesions, MAX_PANELS))
+    cols = min(4, panels)
+    assert width == int(3.2 * cols * 90) and height == int((3.4 * -(-panels // cols) + 0.4) * 90)
+    assert [p.name for p in tmp_path.iterdir()] == ["case_overlay.png"]
