@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DATASET_NAME = "LiverPhantom"
 DEFAULT_SHAPE: tuple[int, int, int] = (32, 96, 96)
-DEFAULT_SPACING: tuple[float, float, float] = (5.0, 3.0, 3.0)
+DEFAULT_SPACING: tuple[float, float, float] = (5.0, 3.5, 3.5)
 PATIENT_COLUMNS = ("case_id", "split", "liver_condition", "patient_class", "patient_category", "n_lesions",
                    "lesion_types", "largest_diameter_mm", "total_lesion_volume_cm3", "liver_volume_cm3",
                    "spleen_volume_cm3", "ascites", "noise_sigma_hu")

@@ -14,6 +14,7 @@ NCCT appearance (pre-noise HU, see the GUIDE's domain primer):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -101,35 +102,49 @@ class Lesion:
     mask: np.ndarray
 
 
-def _shape(rng: np.random.Generator, grid: Grid, centre: np.ndarray, diameter: float, look: Appearance):
-    """Signed distance of a lobulated ellipsoid (box-local), its bounding radius and normalised radius map."""
-    r = diameter / 2.0
+@dataclass(frozen=True)
+class Geometry:
+    """Shape of one lesion independent of its size: axis ratios (product 1), orientation and a contour
+    wobble defined on radius-normalised coordinates, so that shrinking a lesion keeps its shape."""
+
+    axes: np.ndarray
+    rot: np.ndarray
+    wobble: Callable[..., np.ndarray]   # (u_z, u_y, u_x) / radius -> values in [-1, 1]
+    lobulation: float
+
+    def bound(self, diameter: float) -> float:
+        """Radius (mm) of a ball around the centre that contains the whole lesion."""
+        return diameter / 2.0 * float(self.axes.max()) * (1.0 + self.lobulation)
+
+
+def sample_geometry(rng: np.random.Generator, look: Appearance) -> Geometry:
+    """Random axis ratios, orientation and contour wobble for a lesion with appearance ``look``."""
     axes = np.exp(look.elongation * rng.standard_normal(3))
     axes /= np.cbrt(np.prod(axes))
-    radii = tuple(r * axes)
-    bound = r * float(axes.max()) * (1.0 + look.lobulation)
     rot = rotation(*rng.uniform(0, 2 * np.pi, size=3))
-    wobble = plane_waves(rng, 6, (look.wavelength[0] * diameter, look.wavelength[1] * diameter))
-    box = grid.box(centre, bound)
-    zb, yb, xb = grid.coords(box)
-    base = ellipsoid(zb, yb, xb, centre, radii, rot)
-    uz, uy, ux = zb - np.float32(centre[0]), yb - np.float32(centre[1]), xb - np.float32(centre[2])
-    sdf = base - np.float32(look.lobulation * r) * wobble(uz, uy, ux)
-    radial = np.clip(1.0 + base / np.float32(r), 0.0, 1.5)   # ~0 at the centre, 1 on the surface
-    return box, sdf, radial, bound
+    wobble = plane_waves(rng, 6, (2 * look.wavelength[0], 2 * look.wavelength[1]))
+    return Geometry(axes, rot, wobble, look.lobulation)
 
 
 def render_lesion(rng: np.random.Generator, grid: Grid, kind: str, centre: np.ndarray, diameter: float,
-                  look: Appearance) -> Lesion:
+                  look: Appearance, geometry: Geometry) -> Lesion:
     """Rasterise one lesion: partial-volume fraction, HU map and label mask (largest connected part)."""
-    box, sdf, radial, bound = _shape(rng, grid, centre, diameter, look)
+    r = diameter / 2.0
+    bound = geometry.bound(diameter)
+    box = grid.box(centre, bound)
+    zb, yb, xb = grid.coords(box)
+    base = ellipsoid(zb, yb, xb, centre, tuple(r * geometry.axes), geometry.rot)
+    inv_r = np.float32(1.0 / r)
+    uz, uy, ux = ((zb - np.float32(centre[0])) * inv_r, (yb - np.float32(centre[1])) * inv_r,
+                  (xb - np.float32(centre[2])) * inv_r)
+    sdf = base - np.float32(geometry.lobulation * r) * geometry.wobble(uz, uy, ux)
+    radial = np.clip(1.0 + base * inv_r, 0.0, 1.5)   # ~0 at the centre, 1 on the surface
     occ = occupancy(sdf, grid.spacing)
     value = np.full(occ.shape, look.core_hu, dtype=np.float32)
     if look.rim_hu != look.core_hu:
         value += (look.rim_hu - look.core_hu) * np.clip((radial - 0.5) / 0.5, 0.0, 1.0)
     if look.centre_fraction > 0:
-        f = look.centre_fraction
-        weight = np.clip((f + 0.15 - radial) / 0.3, 0.0, 1.0)
+        weight = np.clip((look.centre_fraction + 0.15 - radial) / 0.3, 0.0, 1.0)
         value += (look.centre_hu - value) * weight
     if look.texture_hu > 0:
         value += look.texture_hu * smooth_field(rng, occ.shape, grid.spacing, max(3.0, diameter / 6.0))
@@ -155,15 +170,16 @@ def place_lesions(rng: np.random.Generator, grid: Grid, liver: Liver, kinds: lis
     gap = float(np.linalg.norm(sp))
     d_min = min_diameter_mm(grid.spacing)
     depth_max = float(liver.depth_mm.max()) if liver.mask.any() else 0.0
-    d_max = min(MAX_DIAMETER_MM, 1.2 * max(depth_max - gap, 0.0))
+    d_max = min(MAX_DIAMETER_MM, 2.0 * max(depth_max - gap, 0.0))
     plan = sorted(((sample_diameter(rng, k, d_min, d_max), k) for k in kinds), key=lambda t: -t[0])
     taken = np.zeros(grid.shape, dtype=bool)
     placed: list[Lesion] = []
     for diameter, kind in plan:
         look = sample_appearance(rng, kind, diameter)
+        geometry = sample_geometry(rng, look)
         lesion = None
-        for attempt in range(12):
-            bound = diameter / 2.0 * np.exp(look.elongation * 2.0) * (1.0 + look.lobulation)
+        for _ in range(12):
+            bound = geometry.bound(diameter)
             inside = np.argwhere(liver.depth_mm >= bound + gap)
             if len(inside):
                 centres = inside * sp
@@ -175,10 +191,10 @@ def place_lesions(rng: np.random.Generator, grid: Grid, liver: Liver, kinds: lis
             if len(inside) == 0:
                 if diameter <= d_min:
                     break
-                diameter = max(d_min, diameter * 0.8)
+                diameter = max(d_min, diameter * 0.85)
                 continue
             index = inside[int(rng.integers(len(inside)))] + rng.uniform(-0.3, 0.3, size=3)
-            candidate = render_lesion(rng, grid, kind, grid.centre_mm(index), diameter, look)
+            candidate = render_lesion(rng, grid, kind, grid.centre_mm(index), diameter, look, geometry)
             grown = ndimage.binary_dilation(candidate.mask, structure=np.ones((3, 3, 3)))
             if (grown & (~liver.mask[candidate.box] | taken[candidate.box])).any():
                 continue

@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle
 ABDOMEN_WINDOW = (40.0, 350.0)
 LIVER_WINDOW = (45.0, 150.0)
 ZOOM_MM = 90.0
-COLOURS = {"liver": "#4cd964", "hcc": "#ff3b30", "icc": "#ff9500", "metastasis": "#ffcc00",
+COLOURS = {"liver": "#4cd964", "hcc": "#ff3b30", "icc": "#ff9500", "metastasis": "#f5f500",
            "hemangioma": "#5ac8fa", "calcification": "#ffffff", "cyst": "#af52de"}
 #: Patient classes shown first, then healthy subjects by liver condition.
 SHOWCASE = ("hcc", "hemangioma", "metastasis", "icc", "cyst", "calcification")
@@ -40,9 +40,11 @@ def _pick_cases(records: list[dict], n_cases: int) -> list[dict]:
 
 
 def _focus(record: dict, label: np.ndarray) -> tuple[tuple[float, float, float], str]:
-    """Voxel (z, y, x) to show: the largest lesion, else a fat-sparing area, else the liver's widest slice."""
+    """Voxel (z, y, x) to show: the largest lesion of the patient's class (its highest-priority type), else a
+    fat-sparing area, else the liver's widest slice."""
     if record["lesions"]:
-        big = max(record["lesions"], key=lambda les: les["volume_cm3"])
+        main = [les for les in record["lesions"] if les["type"] == record["patient_class"]] or record["lesions"]
+        big = max(main, key=lambda les: les["volume_cm3"])
         more = len(record["lesions"]) - 1
         extra = f" (+{more} more)" if more else ""
         return tuple(big["centre_voxel_zyx"]), f"{big['type']} {big['diameter_mm']:.0f} mm{extra}"

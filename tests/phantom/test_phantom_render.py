@@ -63,7 +63,7 @@ def test_records_match_labels(cases):
         for les in record["lesions"]:
             assert les["label"] == LABELS[les["type"]]
             assert min_diameter_mm(DEFAULT_SPACING) <= les["diameter_mm"] <= 60.0
-            assert les["volume_cm3"] == pytest.approx(les["n_voxels"] * 5 * 3 * 3 / 1000, abs=1e-4)
+            assert les["volume_cm3"] == pytest.approx(les["n_voxels"] * np.prod(DEFAULT_SPACING) / 1000, abs=1e-4)
             z, y, x = np.round(les["centre_voxel_zyx"]).astype(int)
             window = case.label[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2]
             assert (window == les["label"]).any(), (spec.case_id, les)
