@@ -1,0 +1,110 @@
+"""Lesion- and patient-level scores of classifier decisions computed on candidate-bank arrays (no volumes).
+
+The trainer scores every epoch with these, cheaply: the refinement rule of
+:mod:`nnunet_plus.predict.refine` (a candidate is reported unless "not a lesion" is its arg-max, with the
+arg-max lesion class) applied to the bank's candidates, then the matching of
+:func:`~nnunet_plus.postprocessing.match.match_lesions` ("overlap" criterion: one-to-one assignment
+maximising the shared voxels, among the reported candidates and the reference lesions) replayed on the
+bank's stored ``overlap`` table. Reference lesions below ``min_volume_mm3`` are ignored as in
+:func:`~nnunet_plus.evaluation.case.evaluate_case` (neither TP nor FN; a reported candidate overlapping only
+ignored ones is no FP). So the lesion counts equal those of ``evaluate_case`` on the refined instance map
+for a bank built with the overlap criterion; patient labels are the presence of malignant / benign
+reported lesions vs the reference, as there.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from nnunet_plus.classifier.bank_io import CaseBank
+from nnunet_plus.evaluation.metrics import binary_metrics, lesion_metrics, mean_or_none
+
+__all__ = ["case_lesion_counts", "decide", "nnunet_lesion_metrics", "score_cases"]
+
+
+def decide(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(reported (N,) bool, class (N,) int64)`` of an ``(N, L + 1)`` table: a candidate is reported unless
+    the last column ("not a lesion") is its arg-max; its class is the arg-max (ties: lowest index)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or probabilities.shape[1] < 2:
+        raise ValueError(f"probabilities must be (N, L + 1), got shape {probabilities.shape}")
+    best = np.argmax(probabilities, axis=1).astype(np.int64)
+    return best < probabilities.shape[1] - 1, best
+
+
+def case_lesion_counts(bank: CaseBank, reported: np.ndarray, classes: np.ndarray, *,
+                       min_volume_mm3: float = 0.0) -> dict[str, int]:
+    """``{"tp", "fl", "fp", "fn"}`` of the reported candidates of one case against its reference lesions.
+
+    reported : (N,) bool; classes : (N,) class index of each candidate (used where reported).
+    """
+    reported = np.asarray(reported, dtype=bool)
+    if reported.shape != (bank.num_candidates,) or np.shape(classes) != (bank.num_candidates,):
+        raise ValueError(f"case {bank.case_id}: need {bank.num_candidates} decisions, got {reported.shape} and "
+                         f"{np.shape(classes)}")
+    ignored = set((np.flatnonzero(bank.ref_volume_mm3.astype(np.float64) < min_volume_mm3) + 1).tolist())
+    kept = set((np.flatnonzero(reported) + 1).tolist())
+    rows = [(int(c), int(r), int(s)) for c, r, s in bank.overlap if int(c) in kept]
+    near_ignored = {c for c, r, _ in rows if r in ignored}
+    usable = [(c, r, s) for c, r, s in rows if r not in ignored]
+    pairs: list[tuple[int, int]] = []
+    if usable:
+        refs = sorted({r for _, r, _ in usable})
+        cands = sorted({c for c, _, _ in usable})
+        weight = np.zeros((len(refs), len(cands)))
+        for c, r, s in usable:
+            weight[refs.index(r), cands.index(c)] = s
+        chosen_rows, chosen_cols = linear_sum_assignment(weight, maximize=True)
+        pairs = [(refs[i], cands[j]) for i, j in zip(chosen_rows, chosen_cols) if weight[i, j] > 0]
+    tp = sum(1 for r, c in pairs if int(classes[c - 1]) == int(bank.ref_class[r - 1]))
+    matched_refs = {r for r, _ in pairs}
+    matched_cands = {c for _, c in pairs}
+    fp = sum(1 for c in kept if c not in matched_cands and c not in near_ignored)
+    fn = sum(1 for r in range(1, len(bank.ref_class) + 1) if r not in matched_refs and r not in ignored)
+    return {"tp": tp, "fl": len(pairs) - tp, "fp": fp, "fn": fn}
+
+
+def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], *,
+                malignant_classes: Sequence[int], benign_classes: Sequence[int],
+                min_volume_mm3: float = 0.0) -> dict:
+    """Scores of one set of cases: ``lesion`` (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the
+    summed counts), ``malignant`` / ``benign`` (:func:`~nnunet_plus.evaluation.metrics.binary_metrics` of the
+    patient labels), and the scalars ``lesion_f1``, ``malignant_f1``, ``benign_f1``, ``patient_f1`` (mean of
+    the two patient F1 that are defined; None when neither is).
+    """
+    if len(banks) != len(probabilities):
+        raise ValueError(f"{len(banks)} cases but {len(probabilities)} probability tables")
+    totals = dict.fromkeys(("tp", "fl", "fp", "fn"), 0)
+    truth: dict[str, list[bool]] = {"malignant": [], "benign": []}
+    predicted: dict[str, list[bool]] = {"malignant": [], "benign": []}
+    for bank, table in zip(banks, probabilities):
+        reported, classes = decide(table)
+        for key, value in case_lesion_counts(bank, reported, classes, min_volume_mm3=min_volume_mm3).items():
+            totals[key] += value
+        present = set(classes[reported].tolist())
+        truth["malignant"].append(bool(bank.patient[1]))
+        truth["benign"].append(bool(bank.patient[2]))
+        predicted["malignant"].append(bool(present & set(malignant_classes)))
+        predicted["benign"].append(bool(present & set(benign_classes)))
+    lesion = lesion_metrics(**totals)
+    patient = {k: binary_metrics(truth[k], predicted[k]) for k in ("malignant", "benign")}
+    return {"lesion": lesion, **patient, "lesion_f1": lesion["f1"], "malignant_f1": patient["malignant"]["f1"],
+            "benign_f1": patient["benign"]["f1"],
+            "patient_f1": mean_or_none([patient["malignant"]["f1"], patient["benign"]["f1"]])}
+
+
+def nnunet_lesion_metrics(banks: Sequence[CaseBank]) -> dict:
+    """Lesion metrics of nnU-Net alone (its f=1 lesions with their classes) from the bank's one-to-one match
+    of those lesions (``base_det_ref_id``); all reference lesions count (exact when none is ignored by a
+    minimum volume, which the final ``summary.json`` applies)."""
+    totals = dict.fromkeys(("tp", "fl", "fp", "fn"), 0)
+    for bank in banks:
+        matched = bank.base_det_ref_id > 0
+        agree = bank.base_det_class[matched] == bank.ref_class[bank.base_det_ref_id[matched] - 1]
+        totals["tp"] += int(agree.sum())
+        totals["fl"] += int((~agree).sum())
+        totals["fp"] += int((~matched).sum())
+        totals["fn"] += len(bank.ref_class) - int(matched.sum())
+    return lesion_metrics(**totals)

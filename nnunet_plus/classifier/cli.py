@@ -1,0 +1,124 @@
+"""``nnunet_plus_train_classifier``: build the candidate bank of a trained nnU-Net model and train one PLUS fold.
+
+    nnunet_plus_train_classifier DATASET CONFIG FOLD [-tr nnUNetTrainerPLUS] [-p nnUNetPlans]
+        [-device cuda|cpu|mps] [--c] [--epochs N] [--fusion gpr] [--preset paper|tiny] [--build-bank-only] [-np N]
+
+1. The candidate bank (``$nnUNet_results/DatasetXXX/PLUSClassifier__<tr>__<p>__<CONFIG>/candidate_bank``) is
+   built from the ``validation/`` softmax exports of the nnU-Net folds (resumable: cases already built are
+   kept, new folds' cases are added).
+2. nnU-Net's ``splits_final.json`` decides the cases: fold FOLD trains on its training cases' out-of-fold
+   candidates and validates on its validation cases (every case needs its own fold's validation export:
+   train / validate all nnU-Net folds first).
+3. The fold is trained into ``.../PLUSClassifier__<tr>__<p>__<CONFIG>/fold_FOLD`` (log, progress.png,
+   checkpoints, validation/summary.json: nnU-Net alone vs nnU-Net + PLUS).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+PROG = "nnunet_plus_train_classifier"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_plus.classifier.encoders import ENCODER_PRESETS
+    from nnunet_plus.classifier.fusion import FUSION_MODES
+    from nnunet_plus.classifier.trainer import BEST_METRICS, TrainerSettings
+
+    defaults = TrainerSettings()
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train one fold of the PLUS lesion classifier on the out-of-fold candidates of a "
+                               "trained nnU-Net model (builds the candidate bank first when needed).")
+    parser.add_argument("dataset", help="dataset id or name (DatasetXXX_Name)")
+    parser.add_argument("configuration", help="nnU-Net configuration, e.g. 3d_fullres")
+    parser.add_argument("fold", type=int, help="fold of nnU-Net's splits_final.json")
+    parser.add_argument("-tr", default="nnUNetTrainerPLUS", help="nnU-Net trainer of the model (default: %(default)s)")
+    parser.add_argument("-p", default="nnUNetPlans", help="nnU-Net plans identifier (default: %(default)s)")
+    parser.add_argument("-device", choices=("cuda", "cpu", "mps"), default=None,
+                        help="device (default: cuda if available, else cpu); AMP is used on cuda")
+    parser.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth of this fold")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)")
+    parser.add_argument("--fusion", choices=FUSION_MODES, default=defaults.fusion,
+                        help="prior fusion (default: %(default)s; the others are the ablations of PLUS Table 1)")
+    parser.add_argument("--preset", choices=sorted(ENCODER_PRESETS), default=defaults.preset,
+                        help="encoder size: paper = 3D ResNet-18, tiny = CPU-sized (default: %(default)s)")
+    parser.add_argument("--batch-patients", type=int, default=defaults.batch_patients,
+                        help="patients per batch (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW learning rate "
+                        "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+    parser.add_argument("--best-metric", choices=BEST_METRICS, default=defaults.best_metric,
+                        help="validation metric of checkpoint_best.pth (default: %(default)s)")
+    parser.add_argument("--build-bank-only", action="store_true", help="build / complete the candidate bank and stop")
+    parser.add_argument("-np", type=int, default=2, help="processes for the candidate bank build (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _device(name: str | None):
+    import torch
+
+    from nnunet_plus.classifier.inference import resolve_device
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # -h or a usage error: already printed
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from nnunet_plus.classifier.bank import bank_from_nnunet_results
+    from nnunet_plus.classifier.bank_io import read_bank_metadata
+    from nnunet_plus.classifier.inference import classifier_folder
+    from nnunet_plus.classifier.splits import check_bank_for_fold, load_splits
+    from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
+    from nnunet_plus.classifier.validation import NNUNET_KEY, PLUS_KEY
+    from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
+
+    try:
+        device = _device(args.device)
+        settings = TrainerSettings(epochs=args.epochs, batch_patients=args.batch_patients, learning_rate=args.lr,
+                                   preset=args.preset, fusion=args.fusion, seed=args.seed,
+                                   best_metric=args.best_metric)
+        name = dataset_name(args.dataset)
+        folder = classifier_folder(args.dataset, args.configuration, trainer=args.tr, plans=args.p)
+        bank_dir = folder / "candidate_bank"
+        paths = bank_from_nnunet_results(args.dataset, args.configuration, trainer=args.tr, plans=args.p,
+                                         out_dir=bank_dir, num_processes=args.np, quiet=args.quiet)
+        print(f"candidate bank: {len(paths)} case(s) in {bank_dir}")
+        if args.build_bank_only:
+            return 0
+        splits = load_splits(nnunet_folder("nnUNet_preprocessed") / name / "splits_final.json")
+        cases = check_bank_for_fold(read_bank_metadata(bank_dir)["cases"], splits, args.fold,
+                                    train_command=f"nnUNetv2_train {args.dataset} {args.configuration} FOLD "
+                                                  f"-tr {args.tr} -p {args.p}")
+        trainer = PLUSClassifierTrainer(bank_dir, folder / f"fold_{args.fold}", fold=args.fold,
+                                        train_cases=cases.train, val_cases=cases.val,
+                                        raw_dataset_dir=nnunet_folder("nnUNet_raw") / name, dataset_name=name,
+                                        settings=settings, device=device, quiet=args.quiet)
+        summary = trainer.run_training(continue_training=args.c)
+    except (ValueError, OSError, PathError) as exc:  # CandidateBankError, SplitError, SchemaError: ValueError
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    rows = []
+    for key, label in ((NNUNET_KEY, "nnU-Net alone"), (PLUS_KEY, "nnU-Net + PLUS")):
+        s = summary[key]
+        rows.append(f"{label:15s} lesion F1 {_pct(s['lesion_level']['f1'])}, patient F1 malignant "
+                    f"{_pct(s['patient_level']['malignant']['f1'])}, benign {_pct(s['patient_level']['benign']['f1'])}")
+    print("\n".join(rows))
+    print(f"written to {trainer.output_folder} (validation/summary.json)")
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Apply a trained PLUS classifier to one case (the classifier inference contract of nnunet_plus_predict).
+
+:class:`PLUSInference` loads the fold models of a classifier folder (``fold_k/checkpoint_final.pth``), builds
+a case's candidate inputs with the candidate bank's own function
+(:func:`~nnunet_plus.classifier.bank.classifier_inputs`, the settings and target spacing stored in the
+checkpoint, inputs rounded to float16 as the bank stores them) and averages the fold models' softmax.
+
+Per case the result is a :class:`ClassifierOutput`: an ``(N, L + 1)`` probability table for the ``N``
+candidates of ``analysis.detections`` (columns: ``schema.lesions`` then ``"not_a_lesion"``) and patient
+probabilities: ``malignant`` = max over the candidates of the summed malignant columns, ``benign`` the same
+for benign, ``tumor`` = max of malignant + benign (the quantities of the loss's L_P and L_S), and per
+lesion type the max of its column; all 0.0 for a case without candidates.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnunet_plus.classifier.bank_io import BankSettings
+from nnunet_plus.classifier.checkpoint import check_compatible, load_checkpoint
+from nnunet_plus.classifier.model import PLUSClassifier
+from nnunet_plus.schema import LesionSchema
+
+__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "patient_probabilities", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+#: candidates per forward pass (bounds memory on cases with many candidates)
+DEFAULT_CHUNK = 32
+
+
+def classifier_folder(dataset: str | int, configuration: str, *, trainer: str = "nnUNetTrainerPLUS",
+                      plans: str = "nnUNetPlans") -> Path:
+    """``$nnUNet_results/DatasetXXX_Name/PLUSClassifier__<trainer>__<plans>__<configuration>`` (``fold_k/`` and
+    ``candidate_bank/`` inside)."""
+    from nnunet_plus.paths import dataset_name, nnunet_folder
+
+    return nnunet_folder("nnUNet_results") / dataset_name(dataset) / \
+        f"PLUSClassifier__{trainer}__{plans}__{configuration}"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device`` of ``"cpu"``, ``"cuda"`` (``"cuda:1"``) or ``"mps"``; ValueError when it is not available."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but PyTorch sees no CUDA GPU; use -device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but the MPS backend is not available; use -device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be cpu, cuda or mps, got {device}")
+    return device
+
+
+@dataclass
+class ClassifierOutput:
+    """PLUS probabilities of one case.
+
+    lesion_probabilities : (N, L + 1) float32, one row per candidate of ``analysis.detections`` (id order),
+        columns ``schema.lesions`` + ``"not_a_lesion"``.
+    patient : ``{"tumor", "malignant", "benign", <lesion name>: p}`` (max over the candidates; 0.0 without).
+    """
+
+    lesion_probabilities: np.ndarray
+    patient: dict[str, float]
+
+
+def patient_probabilities(lesion_probabilities: np.ndarray, schema: LesionSchema) -> dict[str, float]:
+    """Patient probabilities from an ``(N, L + 1)`` candidate table (see the module docstring)."""
+    p = np.asarray(lesion_probabilities, dtype=np.float64)
+    names = list(schema.lesions)
+    malignant = [names.index(n) for n in schema.malignant]
+    benign = [names.index(n) for n in schema.benign]
+
+    def highest(values: np.ndarray) -> float:
+        return float(values.max()) if values.size else 0.0
+
+    out = {"tumor": highest(p[:, malignant].sum(1) + p[:, benign].sum(1)),
+           "malignant": highest(p[:, malignant].sum(1)), "benign": highest(p[:, benign].sum(1))}
+    out.update({name: highest(p[:, i]) for i, name in enumerate(names)})
+    return out
+
+
+class PLUSInference:
+    """An ensemble of trained PLUS classifiers (one per fold) and how to build their inputs.
+
+    Parameters
+    ----------
+    models : the networks (probabilities are averaged over them).
+    schema : the dataset's lesion schema (class order = ``schema.lesions``).
+    settings, target_spacing : the candidate bank's crop settings and ROI spacing (z, y, x) mm.
+    device : where the networks run; AMP (float16 autocast) on CUDA.
+    chunk : candidates per forward pass.
+    """
+
+    def __init__(self, models: Sequence[PLUSClassifier], *, schema: LesionSchema, settings: BankSettings,
+                 target_spacing: Sequence[float], device: str | torch.device = "cpu",
+                 chunk: int = DEFAULT_CHUNK) -> None:
+        if not models:
+            raise ValueError("PLUSInference needs at least one model")
+        self.device = resolve_device(device)
+        self.models = [m.to(self.device).eval() for m in models]
+        self.schema = schema
+        self.settings = settings
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.chunk = int(chunk)
+        channels = {m.in_channels for m in self.models}
+        classes = {m.num_lesion_classes for m in self.models}
+        if len(channels) != 1 or classes != {len(schema.lesions)}:
+            raise ValueError(f"the models disagree with each other or with the schema: input channels {channels}, "
+                             f"lesion classes {classes} (schema: {len(schema.lesions)})")
+        self.in_channels = channels.pop()
+        self.folds: list[int | str] = []
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, *, folds: Sequence[int | str] | None = None,
+                    checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu",
+                    schema: LesionSchema) -> "PLUSInference":
+        """Load the fold models of a classifier folder (``folds=None``: every ``fold_k`` with ``checkpoint``).
+
+        FileNotFoundError names a missing folder / fold / checkpoint; ValueError a checkpoint trained for
+        another dataset or lesion schema, or folds trained with different crop settings.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"PLUS classifier folder {folder} not found; train it with "
+                                    "nnunet_plus_train_classifier DATASET CONFIG FOLD")
+        if folds is None:
+            found = [p for p in folder.glob("fold_*") if (p / checkpoint).is_file()]
+            folds = sorted((p.name[len("fold_"):] for p in found), key=lambda f: (not f.isdigit(), f.zfill(4)))
+            if not folds:
+                raise FileNotFoundError(f"no fold of {folder} has {checkpoint}; train one with "
+                                        "nnunet_plus_train_classifier (or choose another checkpoint)")
+        folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
+        device = resolve_device(device)
+        dataset = schema.dataset_id
+        if dataset is None and re.fullmatch(r"Dataset\d+_.+", folder.resolve().parent.name):
+            dataset = folder.resolve().parent.name
+        models, reference = [], None
+        for fold in folds:
+            fold_dir = folder / f"fold_{fold}"
+            if not fold_dir.is_dir():
+                present = sorted(p.name for p in folder.glob("fold_*"))
+                raise FileNotFoundError(f"fold {fold} of the PLUS classifier not found ({fold_dir}); folds present: "
+                                        f"{present or 'none'}")
+            path = fold_dir / checkpoint
+            ckpt = load_checkpoint(path)
+            check_compatible(ckpt, schema, path=path, dataset=dataset)
+            crop_inputs = (ckpt["bank"]["settings"], list(ckpt["bank"]["target_spacing"]))
+            if reference is not None and crop_inputs != reference:
+                raise ValueError(f"{path} was trained on crops made with other settings than fold {folds[0]}; "
+                                 "ensemble only folds trained on the same candidate bank")
+            reference = crop_inputs
+            model = PLUSClassifier.from_config(ckpt["model_config"])
+            model.load_state_dict(ckpt["state_dict"])
+            models.append(model)
+            logger.info("PLUS classifier fold %s: %s (epoch %d)", fold, path, ckpt["epoch"])
+        settings = BankSettings.from_json(reference[0])
+        inference = cls(models, schema=schema, settings=settings, target_spacing=reference[1], device=device)
+        inference.folds = list(folds)
+        return inference
+
+    @torch.no_grad()
+    def predict_inputs(self, crops: np.ndarray | torch.Tensor, priors: np.ndarray | torch.Tensor,
+                       liver: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Ensemble probabilities ``(N, L + 1)`` of one patient's prepared inputs: crops (N, C + 1, *roi),
+        priors (N, L), liver (C, *liver) (float arrays as in the candidate bank)."""
+        crops = torch.as_tensor(np.asarray(crops, dtype=np.float32))
+        priors = torch.as_tensor(np.asarray(priors, dtype=np.float32))
+        liver = torch.as_tensor(np.asarray(liver, dtype=np.float32))[None].to(self.device)
+        n = crops.shape[0]
+        total = torch.zeros((n, len(self.schema.lesions) + 1), dtype=torch.float32)
+        if n == 0:
+            return total.numpy()
+        amp = self.device.type == "cuda"
+        for model in self.models:
+            for start in range(0, n, self.chunk):
+                stop = min(start + self.chunk, n)
+                index = torch.zeros(stop - start, dtype=torch.long, device=self.device)
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+                    logits = model(crops[start:stop].to(self.device), priors[start:stop].to(self.device), liver,
+                                   index)
+                total[start:stop] += torch.softmax(logits.float(), dim=1).cpu()
+        return (total / len(self.models)).numpy()
+
+    def predict_case(self, image: np.ndarray, probabilities: np.ndarray, analysis, *,
+                     spacing: Sequence[float]) -> ClassifierOutput:
+        """PLUS probabilities of the candidates of one case.
+
+        Parameters
+        ----------
+        image : (C, Z, Y, X) image in the original geometry (HU for CT).
+        probabilities : (K, Z, Y, X) nnU-Net softmax of the case (same grid).
+        analysis : :func:`~nnunet_plus.case_analysis.analyse_case` of ``probabilities``.
+        spacing : voxel spacing (z, y, x) mm.
+        """
+        from nnunet_plus.classifier.bank import classifier_inputs
+
+        image = np.asarray(image)
+        if image.ndim != 4 or image.shape[0] != self.in_channels:
+            raise ValueError(f"image must be ({self.in_channels}, Z, Y, X) (the classifier's channels), got shape "
+                             f"{image.shape}")
+        if tuple(np.shape(probabilities)[1:]) != image.shape[1:]:
+            raise ValueError(f"probabilities shape {np.shape(probabilities)} does not match the image grid "
+                             f"{image.shape[1:]}")
+        records = analysis.detections.lesions
+        num_classes = len(self.schema.lesions)
+        if not records:
+            empty = np.zeros((0, num_classes + 1), dtype=np.float32)
+            return ClassifierOutput(empty, patient_probabilities(empty, self.schema))
+        if any(r.get("prior") is None for r in records):
+            raise ValueError("analysis.detections lack the 'prior' of their candidates; run analyse_case with the "
+                             "probabilities")
+        crops, _, liver, _ = classifier_inputs(image, analysis, self.schema, spacing=spacing,
+                                               target_spacing=self.target_spacing, settings=self.settings)
+        priors = np.array([r["prior"] for r in records], dtype=np.float32).reshape(len(records), num_classes)
+        # the bank stores crops and livers as float16: round the same way
+        rows = self.predict_inputs(crops.astype(np.float16), priors, np.asarray(liver).astype(np.float16))
+        return ClassifierOutput(rows, patient_probabilities(rows, self.schema))

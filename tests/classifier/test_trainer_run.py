@@ -1,0 +1,147 @@
+"""PLUSClassifierTrainer and nnunet_plus_train_classifier on the synthetic project (tiny preset, CPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from nnunet_plus.classifier.checkpoint import load_checkpoint
+from nnunet_plus.classifier.cli import main
+from nnunet_plus.evaluation.summary import summarize
+from nnunet_plus.validation import validate_folder
+
+
+def test_one_epoch_writes_checkpoints_progress_and_summary(trained_folds):
+    fold = trained_folds.classifier / "fold_0"
+    assert sorted(p.name for p in fold.glob("*.pth")) == ["checkpoint_best.pth", "checkpoint_final.pth"]
+    assert (fold / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [log] = fold.glob("training_log_*.txt")
+    text = log.read_text()
+    assert "epoch 0: lr 1.00e-04" in text and "nnU-Net alone on the validation patients: lesion F1 0.4444" in text
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["epoch"] == 1 and ckpt["fold"] == 0 and ckpt["dataset_name"] == trained_folds.dataset
+    assert ckpt["schema"]["lesions"] == ["hcc", "cyst"] and ckpt["model_config"]["preset"] == "tiny"
+    assert ckpt["bank"]["settings"]["roi_shape"] == [16, 32, 32] and len(ckpt["history"]) == 1
+    assert ckpt["val_cases"] == ["cls_000", "cls_001", "cls_002"]
+    # training candidates of fold 0 (cls_003 full: hcc, -, cyst, hcc; cls_005 single: hcc): z_c inverse frequency
+    assert ckpt["class_counts"] == [3, 1, 1]
+    torch.testing.assert_close(ckpt["class_weights"], torch.tensor([5 / 9, 5 / 3, 5 / 3]))
+
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert summary["meta"]["cases"] == ["cls_000", "cls_001", "cls_002"] and summary["meta"]["epoch"] == 1
+    alone, plus = summary["nnunet"], summary["nnunet+plus"]
+    # nnU-Net alone by hand: A in cls_000 and cls_001 (TP), B (hcc on a cyst: FL), the cyst-on-liver FP,
+    # C (only at f=4) and D (never) missed
+    assert {k: alone["lesion_level"][k] for k in ("tp", "fl", "fp", "fn")} == {"tp": 2, "fl": 1, "fp": 1, "fn": 2}
+    assert alone["lesion_level"]["f1"] == pytest.approx(2 * 0.5 * 0.4 / 0.9)
+    # PLUS is scored on the same cases, and its bank-level counts (per epoch) are those of the full evaluation
+    assert plus["meta"]["n_cases"] == alone["meta"]["n_cases"] == 3
+    counts = {k: plus["lesion_level"][k] for k in ("tp", "fl", "fp", "fn")}
+    assert counts == ckpt["history"][-1]["lesion_counts"]
+    assert summary["comparison"]["lesion F1"]["baseline"] == alone["lesion_level"]["f1"]
+    assert (fold / "validation" / "comparison.txt").read_text().startswith("Comparison: nnU-Net vs nnU-Net + PLUS")
+
+
+def test_summary_has_the_metric_set_and_figures_of_plus_summary(trained_folds, tmp_path):
+    """nnU-Net alone in summary.json = the f=1 entry of plus_summary.json (nnUNetTrainerPLUS's validation)."""
+    validation = tmp_path / "validation"
+    shutil.copytree(trained_folds.model / "fold_0" / "validation", validation)
+    plus_summary = validate_folder(validation, trained_folds.raw / "labelsTr", trained_folds.schema,
+                                   image_folder=trained_folds.raw / "imagesTr", quiet=True)
+    reference = plus_summary["sensitivities"]["f=1"]
+    summary = json.loads((trained_folds.classifier / "fold_0" / "validation" / "summary.json").read_text())
+    keys = set(summarize([], trained_folds.schema)) - {"per_case"}
+    assert set(reference) == keys == set(summary["nnunet"]) == set(summary["nnunet+plus"])
+    for block in ("lesion_level", "per_class", "malignant_group", "benign_group", "dice", "volume_bins"):
+        assert summary["nnunet"][block] == reference[block], block
+    for kind in ("malignant", "benign", "screening"):
+        assert summary["nnunet"]["patient_level"][kind] == reference["patient_level"][kind]
+    assert summary["nnunet"]["patient_level"]["auc"] == reference["patient_level"]["auc"]  # LiverMax both
+
+
+def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, cls_helpers, tmp_path, monkeypatch):
+    make = cls_helpers.make_trainer
+    uninterrupted = make(cls_project, tmp_path / "a", 0, epochs=2)
+    uninterrupted.run_training(validate=False)
+
+    interrupted = make(cls_project, tmp_path / "b", 0, epochs=2)
+    original = type(interrupted).train_epoch
+
+    def stop_at_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(type(interrupted), "train_epoch", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run_training(validate=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "b" / "checkpoint_latest.pth")["epoch"] == 1
+    assert not (tmp_path / "b" / "checkpoint_final.pth").exists()
+
+    resumed = make(cls_project, tmp_path / "b", 0, epochs=2)
+    resumed.run_training(continue_training=True, validate=False)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint_final.pth")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint_final.pth")
+    assert a["epoch"] == b["epoch"] == 2 and not (tmp_path / "b" / "checkpoint_latest.pth").exists()
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    for key, value in a["optimizer"]["state"].items():
+        for k, v in value.items():
+            assert torch.equal(v, b["optimizer"]["state"][key][k]), (key, k)
+    assert a["scheduler"] == b["scheduler"]
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
+    assert len(list((tmp_path / "b").glob("training_log_*.txt"))) == 2  # one log per session
+
+
+def test_resume_refuses_other_settings(trained_folds, cls_helpers, tmp_path):
+    shutil.copy(trained_folds.classifier / "fold_0" / "checkpoint_final.pth", tmp_path / "checkpoint_final.pth")
+    with pytest.raises(ValueError, match=r"cannot continue from .*other settings \(epochs=1\)"):
+        cls_helpers.make_trainer(trained_folds, tmp_path, 0, epochs=3).run_training(continue_training=True)
+    with pytest.raises(ValueError, match=r"cannot continue from .*it is Dataset998_ClsTrainer fold 0"):
+        cls_helpers.make_trainer(trained_folds, tmp_path, 1).run_training(continue_training=True)
+
+
+def _env(monkeypatch, project):
+    for key, value in project.env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatch, capsys):
+    project = cls_helpers.write_project(tmp_path)
+    _env(monkeypatch, project)
+    assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "-np",
+                 "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "candidate bank: 6 case(s)" in out and "nnU-Net alone   lesion F1 " in out
+    fold = project.classifier / "fold_1"
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["val_cases"] == ["cls_003", "cls_004", "cls_005"] and ckpt["bank"]["settings"]["roi_shape"] == [
+        16, 64, 64]
+    assert ckpt["trainer"]["fusion"] == "gpr" and ckpt["trainer"]["epochs"] == 1
+    assert (fold / "validation" / "summary.json").is_file() and (fold / "progress.png").is_file()
+    # --c on a finished fold: nothing to train, the validation is rewritten
+    assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "--c",
+                 "--quiet"]) == 0
+
+
+def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
+    project = cls_helpers.write_project(tmp_path)
+    _env(monkeypatch, project)
+    for npz in (project.model / "fold_1" / "validation").glob("*.npz"):
+        npz.unlink()  # nnU-Net fold 1 was not validated with --npz
+    assert main([project.dataset, "3d_fullres", "0", "-device", "cpu", "--preset", "tiny", "-np", "1",
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "fold 0 needs 3 case(s) that are not in the candidate bank (cls_003, cls_004, cls_005)" in err
+    assert "nnUNetv2_train Dataset998_ClsTrainer 3d_fullres 1 -tr nnUNetTrainerPLUS -p nnUNetPlans --npz" in err
+    assert main([project.dataset, "3d_fullres", "0", "--build-bank-only", "-np", "1", "--quiet"]) == 0
+    assert main([project.dataset, "3d_fullres", "7", "-device", "cpu", "--quiet"]) == 1
+    assert "fold 7 is not in the split" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([project.dataset, "3d_fullres", "0", "-device", "cuda"]) == 1
+        assert "no CUDA GPU; use -device cpu" in capsys.readouterr().err
+    assert main([project.dataset, "3d_fullres", "0", "-device", "tpu"]) == 2  # argparse usage error
