@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                         help="volume shape (default 120 512 512; 48 256 256 with --quick)")
     parser.add_argument("--lesions", type=int, default=None, help="number of lesions (default 50; 20 with --quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measure (default 3; 1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measure (default 5; 1 with --quick)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"], choices=["float32", "float16"])
     parser.add_argument("--quick", action="store_true", help="small volume, one repeat: a smoke run")
     parser.add_argument("--seed", type=int, default=0)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shape = tuple(args.shape) if args.shape else ((48, 256, 256) if args.quick else (120, 512, 512))
     lesions = args.lesions if args.lesions is not None else (20 if args.quick else 50)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), python {platform.python_version()}, "
           f"numpy {np.__version__}, cc3d {importlib.metadata.version('connected-components-3d')}, "
           f"scipy {importlib.metadata.version('scipy')}, scikit-image {skimage.__version__}, load average "
