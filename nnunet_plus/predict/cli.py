@@ -95,8 +95,8 @@ def _schema_for_plug_and_play(args):
 
 
 def _run_plug_and_play(args, device) -> object:
+    from nnunet_plus.classifier.inference import classifier_folder
     from nnunet_plus.predict.plug_and_play import run_plug_and_play
-    from nnunet_plus.predict.predictor import classifier_folder
     from nnunet_plus.predict.refine import CaseRefiner
 
     schema, num_channels = _schema_for_plug_and_play(args)

@@ -53,14 +53,6 @@ def model_folder(dataset: str | int, configuration: str, *, trainer: str = "nnUN
     return folder
 
 
-def classifier_folder(dataset: str | int, configuration: str, *, trainer: str = "nnUNetTrainerPLUS",
-                      plans: str = "nnUNetPlans") -> Path:
-    """Where the PLUS classifier of a model lives (classifier inference contract):
-    ``$nnUNet_results/DatasetXXX_Name/PLUSClassifier__<trainer>__<plans>__<configuration>``."""
-    return nnunet_folder("nnUNet_results") / dataset_name(dataset) / \
-        f"PLUSClassifier__{trainer}__{plans}__{configuration}"
-
-
 def check_model_folder(folder: str | Path, folds: Sequence[int | str] | None,
                        checkpoint_name: str) -> list[int | str]:
     """The folds to use (all with the checkpoint when ``folds`` is None); FileNotFoundError naming the missing
@@ -130,6 +122,8 @@ class PLUSPredictor:
                      plans: str = "nnUNetPlans", folds: Sequence[int | str] | None = None,
                      checkpoint_name: str = "checkpoint_final.pth", **options) -> "PLUSPredictor":
         """Predictor for a model in ``$nnUNet_results`` (and its PLUS classifier when one is trained)."""
+        from nnunet_plus.classifier.inference import classifier_folder
+
         predictor = cls(**options)
         classifier = classifier_folder(dataset, configuration, trainer=trainer, plans=plans)
         predictor.initialize_from_trained_model_folder(
@@ -159,6 +153,9 @@ class PLUSPredictor:
         except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise ValueError(f"cannot load {checkpoint_name} of {folder} folds {use_folds}: "
                              f"{type(exc).__name__}: {exc}") from exc
+        if self.nnunet.configuration_manager.previous_stage_name is not None:
+            raise ValueError(f"{folder} is a cascade stage (it needs the previous stage's segmentation); "
+                             "nnunet_plus_predict supports single-stage configurations such as 3d_fullres")
         classifier = None
         if self.use_classifier and classifier_folder is not None and Path(classifier_folder).is_dir():
             from nnunet_plus.classifier.inference import PLUSInference
