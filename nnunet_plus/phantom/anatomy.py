@@ -119,6 +119,11 @@ class Shapes:
     landmarks: dict           # name -> (z, y, x) mm
 
 
+def _full(array: np.ndarray, grid: Grid) -> np.ndarray:
+    """A broadcastable (e.g. z-invariant) map expanded to a full-grid float32 array."""
+    return np.ascontiguousarray(np.broadcast_to(array, grid.shape), dtype=np.float32)
+
+
 def body_shapes(grid: Grid, patient: Patient) -> Shapes:
     """Organ signed-distance maps and landmarks for ``patient`` on ``grid``."""
     p = patient
@@ -127,12 +132,12 @@ def body_shapes(grid: Grid, patient: Patient) -> Shapes:
     theta = np.arctan2(y / b, x / a)
     wobble = sum(amp * np.cos(k * theta + ph) for k, (amp, ph) in zip((2, 3, 4), p.outline))
     body = np.maximum(ellipse_2d(y, x, (0.0, 0.0), (b, a)) - wobble * (a + b) / 2, y - 0.9 * b)
-    body = np.broadcast_to(body, grid.shape).astype(np.float32)
+    body = _full(body, grid)
     posterior = np.clip(y / b, 0.0, 1.0)
     muscle_outer = body + p.fat_mm * (1.0 - 0.45 * posterior)
     s = np.clip(b / 115.0, 0.75, 1.1)
     ys = p.spine_y
-    vertebra = np.broadcast_to(ellipse_2d(y, x, (ys, 0.0), (15 * s, 20 * s)), grid.shape)
+    vertebra = _full(ellipse_2d(y, x, (ys, 0.0), (15 * s, 20 * s)), grid)
     paraspinal = np.minimum(ellipse_2d(y, x, (ys + 30 * s, -27 * s), (20 * s, 19 * s)),
                             ellipse_2d(y, x, (ys + 30 * s, 27 * s), (20 * s, 19 * s)))
     cavity = np.maximum(muscle_outer + p.muscle_mm, np.maximum(-paraspinal, -(vertebra - 2.0)))
@@ -140,14 +145,13 @@ def body_shapes(grid: Grid, patient: Patient) -> Shapes:
     dome_depth = 90.0
     dome = ellipsoid(np.maximum(z, np.float32(zt - dome_depth)), y, x, (zt - dome_depth, -0.1 * bc, -0.3 * ac),
                      (dome_depth, 1.1 * bc, 1.35 * ac))
-    ivc = np.broadcast_to(ellipse_2d(y, x, (ys - 27 * s, -27 * s), (10 * s, 13 * s)), grid.shape)
+    ivc = _full(ellipse_2d(y, x, (ys - 27 * s, -27 * s), (10 * s, 13 * s)), grid)
     aorta_r = 11.5 * s
-    aorta = np.broadcast_to(ellipse_2d(y, x, (ys - 15 * s - aorta_r, 10 * s), (aorta_r, aorta_r)), grid.shape)
-    kidney_z = zt - 0.62 * L - 45.0
-    kidney_right = ellipsoid(z, y, x, (kidney_z, ys + 5 * s, -0.42 * ac), (52.0, 21 * s, 27 * s),
-                             rotation(rz=0.35))
-    kidney_left = ellipsoid(z, y, x, (kidney_z + 15.0, ys + 5 * s, 0.42 * ac), (52.0, 21 * s, 27 * s),
-                            rotation(rz=-0.35))
+    aorta = _full(ellipse_2d(y, x, (ys - 15 * s - aorta_r, 10 * s), (aorta_r, aorta_r)), grid)
+    kidney_right_c = (zt - 0.62 * L - 45.0, ys + 5 * s, -0.42 * ac)
+    kidney_left_c = (zt - 0.62 * L - 30.0, ys + 5 * s, 0.42 * ac)
+    kidney_right = ellipsoid(z, y, x, kidney_right_c, (52.0, 21 * s, 27 * s), rotation(rz=0.35))
+    kidney_left = ellipsoid(z, y, x, kidney_left_c, (52.0, 21 * s, 27 * s), rotation(rz=-0.35))
     ss = p.spleen_scale
     spleen_c = (zt - 0.33 * L, 0.38 * bc, 0.66 * ac)
     spleen = ellipsoid(z, y, x, spleen_c, (55.0 * ss, 0.34 * bc * ss, 0.17 * ac * ss), rotation(rz=-0.7))
@@ -168,7 +172,8 @@ def body_shapes(grid: Grid, patient: Patient) -> Shapes:
     landmarks = {
         "hilum": hilum, "gallbladder": gb_c, "ivc_top": (zt - 12.0, ys - 27 * s, -27 * s),
         "spine": (0.0, ys, 0.0), "spleen": spleen_c, "right_lobe": (zt - 0.5 * L, 0.05 * bc, -0.45 * ac),
-        "left_lobe": (zt - 0.30 * L, -0.45 * bc, 0.05 * ac),
+        "left_lobe": (zt - 0.30 * L, -0.45 * bc, 0.05 * ac), "kidney_right": kidney_right_c,
+        "kidney_left": kidney_left_c,
     }
     return Shapes(body=body, muscle_outer=muscle_outer.astype(np.float32), cavity=cavity, dome=dome,
                   ivc=ivc, aorta=aorta, vertebra=vertebra, kidney_right=kidney_right, kidney_left=kidney_left,
@@ -178,28 +183,39 @@ def body_shapes(grid: Grid, patient: Patient) -> Shapes:
 
 def paint_anatomy(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, liver_sdf: np.ndarray,
                   rng: np.random.Generator) -> None:
-    """Paint everything except the liver and gallbladder, in anatomical layering order."""
-    p, hu, sp = patient, patient.hu, grid.spacing
-    z, y, x = grid.coords()
-    a, b, ac, bc, L, zt = p.a, p.b, p.cavity_a, p.cavity_b, p.liver_length, p.z_top
-    s = np.clip(b / 115.0, 0.75, 1.1)
-    ys = p.spine_y
+    """Paint everything except the liver and gallbladder, in anatomical layering order (later covers earlier):
+    body wall, thorax above the diaphragm, bowel, pancreas, stomach, ascites, retroperitoneum and spleen,
+    great vessels, spine, ribs."""
+    hu, sp = patient.hu, grid.spacing
 
     def occ(sdf):
-        return occupancy(np.broadcast_to(sdf, grid.shape).astype(np.float32), sp)
+        return occupancy(sdf, sp)
 
     canvas.paint("subcutaneous_fat", occ(shapes.body), hu["subcutaneous_fat"])
     canvas.paint("muscle", occ(shapes.muscle_outer), hu["muscle"])
     canvas.paint("visceral_fat", occ(shapes.cavity), hu["visceral_fat"])
-
-    # lungs and heart above the diaphragm
+    # lungs and heart (with pericardial fat) above the diaphragm
     canvas.paint("lung", occ(np.maximum(shapes.cavity + 2.0, np.maximum(5.0 - shapes.dome, -shapes.heart))),
                  hu["lung"])
     canvas.paint("visceral_fat", occ(shapes.heart - 6.0), hu["visceral_fat"])
     canvas.paint("blood", occ(shapes.heart), hu["blood"])
+    _paint_bowel(canvas, grid, patient, shapes, rng)
+    _paint_upper_gi(canvas, grid, patient, shapes, rng)
+    if patient.ascites_mm > 0:
+        near = np.minimum(liver_sdf, shapes.spleen) - patient.ascites_mm
+        canvas.paint("ascites", occ(np.maximum(near, shapes.cavity + 1.0)), hu["ascites"])
+    _paint_retroperitoneum(canvas, grid, patient, shapes)
+    canvas.paint("spleen", occ(shapes.spleen), hu["spleen"])
+    canvas.paint("blood", occ(shapes.aorta), hu["blood"])
+    canvas.paint("blood", occ(shapes.ivc), hu["blood"])
+    _paint_spine(canvas, grid, patient, shapes, rng)
+    _paint_ribs(canvas, grid, patient, shapes, rng)
 
-    # bowel loops and colon below the liver hilum (painted first: solid organs cover them)
-    for k in range(int(rng.integers(9, 15))):
+
+def _paint_bowel(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, rng: np.random.Generator) -> None:
+    """Bowel loops and the hepatic flexure of the colon below the liver hilum (solid organs cover them)."""
+    ac, bc, L, zt = patient.cavity_a, patient.cavity_b, patient.liver_length, patient.z_top
+    for k in range(int(rng.integers(14, 22))):
         if k == 0:  # hepatic flexure of the colon, under the right lobe
             start = np.array([zt - 0.95 * L, -0.15 * bc, -0.7 * ac])
             direction = np.array([0.1, 0.2, 1.0])
@@ -211,62 +227,76 @@ def paint_anatomy(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, 
             direction = rng.standard_normal(3)
             radius = rng.uniform(8.0, 14.0)
             kind = rng.choice(["bowel_fluid", "gas", "stool"], p=[0.55, 0.2, 0.25])
-        _paint_bowel_loop(canvas, grid, shapes, hu, start, direction, radius, str(kind), rng)
+        _paint_bowel_loop(canvas, grid, shapes, patient.hu, start, direction, radius, str(kind), rng)
 
-    # pancreas: head, neck, body, tail
-    zp = zt - 0.62 * L
+
+def _paint_upper_gi(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, rng: np.random.Generator) -> None:
+    """Pancreas (head, neck, body, tail), portal trunk, stomach with wall, contents and an anterior gas cap."""
+    hu, sp = patient.hu, grid.spacing
+    a, b, bc, ac = patient.a, patient.b, patient.cavity_b, patient.cavity_a
+    s = np.clip(b / 115.0, 0.75, 1.1)
+    zp = patient.z_top - 0.62 * patient.liver_length
     pts = [(zp - 10, 0.02 * b, -0.16 * a), (zp, -0.06 * b, 0.0), (zp + 6, 0.04 * b, 0.16 * a),
            (zp + 18, 0.24 * b, 0.42 * a)]
     radius = rng.uniform(8.0, 11.0) * s
-    for a0, a1 in zip(pts[:-1], pts[1:]):
-        box = grid.box(np.add(a0, a1) / 2, np.abs(np.subtract(a0, a1)) / 2 + radius + 3)
-        zb, yb, xb = grid.coords(box)
-        canvas.paint("pancreas", occupancy(capsule(zb, yb, xb, a0, a1, radius, radius * 0.85), sp),
-                     hu["pancreas"], box)
-
-    # stomach: wall, contents, gas cap anteriorly (non-dependent)
-    canvas.paint("bowel_wall", occ(shapes.stomach), hu["bowel_wall"])
-    inner = shapes.stomach + 4.0
-    canvas.paint("stomach_content", occ(inner), hu["stomach_content"])
-    gas_level = -0.12 * bc - rng.uniform(0.05, 0.25) * bc
-    canvas.paint("gas", occ(np.maximum(inner, y - np.float32(gas_level))), hu["gas"])
-
-    if p.ascites_mm > 0:
-        near = np.minimum(liver_sdf, shapes.spleen) - p.ascites_mm
-        canvas.paint("ascites", occ(np.maximum(near, shapes.cavity + 1.0)), hu["ascites"])
-
-    # retroperitoneum: kidneys with sinus fat, psoas
-    for side, kidney in ((-1, shapes.kidney_right), (1, shapes.kidney_left)):
-        canvas.paint("kidney", occ(kidney), hu["kidney"])
-        kz = zt - 0.62 * L - 45.0 + (15.0 if side > 0 else 0.0)
-        sinus = ellipsoid(z, y, x, (kz, ys - 2 * s, side * (0.42 * ac - 12 * s)), (25.0, 8 * s, 8 * s))
-        canvas.paint("visceral_fat", occ(np.maximum(sinus, kidney + 2.0)), hu["visceral_fat"])
-        z_psoas = zt - 0.55 * L
-        top, bottom = (z_psoas, ys - 2 * s, side * 30 * s), (-grid.half_extent[0] - 40.0, ys + 2 * s, side * 40 * s)
-        canvas.paint("muscle", occ(capsule(z, y, x, top, bottom, 2.0, 24.0 * s)), hu["muscle"])
-    canvas.paint("spleen", occ(shapes.spleen), hu["spleen"])
-
-    # great vessels and portal trunk
-    canvas.paint("blood", occ(shapes.aorta), hu["blood"])
-    canvas.paint("blood", occ(shapes.ivc), hu["blood"])
     hilum = np.array(shapes.landmarks["hilum"])
     confluence = hilum + np.array([-35.0, 0.05 * bc, 0.22 * ac])
-    box = grid.box((hilum + confluence) / 2, np.abs(hilum - confluence) / 2 + 12)
-    zb, yb, xb = grid.coords(box)
-    canvas.paint("blood", occupancy(capsule(zb, yb, xb, confluence, hilum, 7.0 * s, 6.5 * s), sp), hu["blood"], box)
+    tubes = [("pancreas", a0, a1, radius, radius * 0.85) for a0, a1 in zip(pts[:-1], pts[1:])]
+    tubes.append(("blood", confluence, hilum, 7.0 * s, 6.5 * s))
+    for name, a0, a1, r0, r1 in tubes:
+        box = grid.box(np.add(a0, a1) / 2, np.abs(np.subtract(a0, a1)) / 2 + max(r0, r1) + 3)
+        zb, yb, xb = grid.coords(box)
+        canvas.paint(name, occupancy(capsule(zb, yb, xb, a0, a1, r0, r1), sp), hu[name], box)
+    _, y, _ = grid.coords()
+    canvas.paint("bowel_wall", occupancy(shapes.stomach, sp), hu["bowel_wall"])
+    inner = shapes.stomach + np.float32(4.0)
+    canvas.paint("stomach_content", occupancy(inner, sp), hu["stomach_content"])
+    gas_level = -0.12 * bc - rng.uniform(0.05, 0.25) * bc
+    canvas.paint("gas", occupancy(np.maximum(inner, y - np.float32(gas_level)), sp), hu["gas"])
 
-    # spine: vertebral bodies with discs, canal, posterior elements; paraspinal muscles are in the wall
-    vert = np.broadcast_to(shapes.vertebra, grid.shape)
-    canvas.paint("bone_cortical", occ(vert), hu["bone_cortical"])
-    canvas.paint("bone", occ(vert + 3.0), hu["bone_cancellous"])
+
+def _paint_retroperitoneum(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes) -> None:
+    """Kidneys with renal sinus fat, and the psoas muscles growing towards the pelvis."""
+    hu, sp = patient.hu, grid.spacing
+    z, y, x = grid.coords()
+    s = np.clip(patient.b / 115.0, 0.75, 1.1)
+    ys = patient.spine_y
+    for side, kidney in ((-1, shapes.kidney_right), (1, shapes.kidney_left)):
+        canvas.paint("kidney", occupancy(kidney, sp), hu["kidney"])
+        kz, ky, kx = shapes.landmarks["kidney_right" if side < 0 else "kidney_left"]
+        sinus = ellipsoid(z, y, x, (kz, ky - 7 * s, kx - side * 12 * s), (25.0, 8 * s, 8 * s))
+        canvas.paint("visceral_fat", occupancy(np.maximum(sinus, kidney + 2.0), sp), hu["visceral_fat"])
+        top = (patient.z_top - 0.55 * patient.liver_length, ys - 2 * s, side * 30 * s)
+        bottom = (-grid.half_extent[0] - 40.0, ys + 2 * s, side * 40 * s)
+        canvas.paint("muscle", occupancy(capsule(z, y, x, top, bottom, 2.0, 24.0 * s), sp), hu["muscle"])
+
+
+def _paint_spine(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, rng: np.random.Generator) -> None:
+    """Vertebral bodies (cortex, cancellous bone, discs every 36 mm), posterior elements and spinal canal."""
+    hu, sp = patient.hu, grid.spacing
+    z, y, x = grid.coords()
+    s = np.clip(patient.b / 115.0, 0.75, 1.1)
+    ys = patient.spine_y
+
+    def occ(sdf):
+        return occupancy(_full(sdf, grid), sp)
+
+    canvas.paint("bone_cortical", occ(shapes.vertebra), hu["bone_cortical"])
+    canvas.paint("bone", occ(shapes.vertebra + 3.0), hu["bone_cancellous"])
     disc = np.abs((z - np.float32(rng.uniform(0, 36))) % 36.0 - 18.0) - 4.0
-    canvas.paint("disc", occ(np.maximum(vert, disc)), hu["disc"])
+    canvas.paint("disc", occ(np.maximum(shapes.vertebra, disc)), hu["disc"])
     posterior = np.minimum(ellipse_2d(y, x, (ys + 25 * s, 0.0), (12 * s, 14 * s)),
                            ellipse_2d(y, x, (ys + 42 * s, 0.0), (12 * s, 5 * s)))
     canvas.paint("bone_cortical", occ(posterior), hu["bone_cortical"] * 0.8)
     canvas.paint("csf", occ(ellipse_2d(y, x, (ys + 25 * s, 0.0), (7 * s, 8 * s))), hu["csf"])
 
-    # ribs: bands in the wall that descend anteriorly, over the upper abdomen
+
+def _paint_ribs(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, rng: np.random.Generator) -> None:
+    """Ribs: oblique bands in the wall descending anteriorly over the upper abdomen (costal cartilage in
+    front), with irregular spacing; none at the spine or sternum."""
+    p = patient
+    z, y, x = grid.coords()
+    a, b = p.a, p.b
     ang = np.abs(np.arctan2(x / a, y / b))           # 0 posterior, pi anterior
     arc = ang * (a + b) / 2
     arc = arc + np.float32(rng.uniform(4.0, 8.0)) * np.sin(arc / np.float32(rng.uniform(25.0, 40.0))
@@ -275,11 +305,12 @@ def paint_anatomy(canvas: Canvas, grid: Grid, patient: Patient, shapes: Shapes, 
     phase = (z + np.float32(slope) * arc - np.float32(rng.uniform(0, period))) % np.float32(period) - period / 2
     band = np.abs(phase) * np.float32(np.cos(np.arctan(slope))) - height / 2
     radial = np.abs(shapes.cavity - np.float32(0.45 * p.muscle_mm)) - 3.0
-    low = zt - L * (0.55 + 0.35 * np.clip(y / b + 0.3, 0, 1))
-    outside_arc = np.maximum(0.12 * np.pi - ang, ang - 0.8 * np.pi) * 30.0   # none at the spine or sternum
-    rib = np.maximum(np.maximum(band, radial), np.maximum(low - z, outside_arc))
-    cartilage = ang > np.float32(0.62 * np.pi)       # costal cartilage anteriorly: much less dense
-    canvas.paint("rib", occ(rib), np.where(cartilage, np.float32(hu["cartilage"]), np.float32(hu["rib"])))
+    low = p.z_top - p.liver_length * (0.55 + 0.35 * np.clip(y / b + 0.3, 0, 1))
+    outside_arc = np.maximum(0.12 * np.pi - ang, ang - 0.8 * np.pi) * 30.0
+    rib = np.maximum(np.maximum(band, radial), np.maximum(low - z, outside_arc)).astype(np.float32)
+    cartilage = ang > np.float32(0.62 * np.pi)
+    canvas.paint("rib", occupancy(rib, grid.spacing),
+                 np.where(cartilage, np.float32(p.hu["cartilage"]), np.float32(p.hu["rib"])))
 
 
 def _paint_bowel_loop(canvas: Canvas, grid: Grid, shapes: Shapes, hu: dict, start: np.ndarray,

@@ -28,8 +28,10 @@ def _pick_cases(records: list[dict], n_cases: int) -> list[dict]:
     """One case per patient class (HCC, hemangioma, ...), then healthy fatty / cirrhotic livers, then the rest."""
     chosen: list[dict] = []
     wanted = [("class", k) for k in SHOWCASE] + [("healthy", "fatty"), ("healthy", "cirrhotic")]
+    # among healthy fatty livers, prefer one with focal fat sparing (the hard negative worth showing)
+    ordered = sorted(records, key=lambda r: not r["hard_negatives"])
     for kind, value in wanted:
-        for r in records:
+        for r in ordered:
             hit = (r["patient_class"] == value) if kind == "class" else \
                 (r["patient_class"] == "normal" and r["liver_condition"] == value)
             if hit and r not in chosen:
