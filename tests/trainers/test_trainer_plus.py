@@ -95,7 +95,7 @@ def test_nnunetv2_predict_finds_trainer_from_regular_install(tiny_trained_model,
     assert not (target / "trainers").exists() and not (target / "postprocessing").exists()
     env = {**os.environ, **tiny_trained_model.env, "PYTHONPATH": str(target), "nnUNet_def_n_proc": "1"}
     trainers = subprocess.run([sys.executable, "-c", "import nnunet_plus; print(nnunet_plus.trainers_path())"],
-                              env=env, cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+                              env=env, cwd=tmp_path, check=True, capture_output=True, encoding="utf-8", errors="replace").stdout.strip()
     assert Path(trainers) == (target / "nnunet_plus" / "trainers").resolve()
     env["nnUNet_extTrainer"] = trainers
     inputs = tmp_path / "in"
@@ -107,7 +107,7 @@ def test_nnunetv2_predict_finds_trainer_from_regular_install(tiny_trained_model,
                            "-d", str(tiny_trained_model.dataset_id), "-c", "3d_fullres", "-f", "0",
                            "-tr", tiny_trained_model.trainer, "-device", "cpu", "--disable_tta",
                            "--save_probabilities", "-npp", "1", "-nps", "1"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True)
+                          env=env, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"Using trainer '{tiny_trained_model.trainer}' from: {trainers}" in done.stdout
     case = image.name[: -len("_0000.nii.gz")]
