@@ -9,6 +9,10 @@ Layout of ``<out>/DatasetXXX_LiverPhantom/``::
     cases.json                       ground truth per case: liver condition, patient class, lesions, hard negatives
     patients.csv                     one row per case (the patient-level part of cases.json)
 
+Default case: (Z, Y, X) = (32, 96, 96) voxels of (5.0, 3.5, 3.5) mm, i.e. a 160 x 336 x 336 mm liver-centred
+abdomen (dome to below the liver tip) with clinical-like thick slices; ~0.3 M voxels, so that a tiny nnU-Net
+trains on it on a CPU, while the smallest lesions (7 mm, two in-plane voxels) still show.
+
 Geometry: identity direction (axial, LPS), spacing as asked, origin = the world position of voxel (0, 0, 0),
 by default chosen so that the volume is centred on (0, 0, 0). The dataset is generated in a hidden temporary
 folder next to the target and renamed into place at the end: an interrupted run never leaves a
@@ -70,6 +74,8 @@ def _check_arguments(dataset_id, n_train, n_test, seed, shape, spacing, origin, 
         raise ValueError(f"healthy fraction must be between 0 and 1, got {healthy_fraction!r}")
     if lesion_types is None:
         lesion_types = LESION_TYPES
+    elif isinstance(lesion_types, str):
+        lesion_types = [lesion_types]
     lesion_types = [str(k).lower() for k in lesion_types]
     unknown = [k for k in lesion_types if k not in LESION_TYPES]
     if unknown:
@@ -169,8 +175,12 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
         numbered consecutively from 2 in that order.
     out_dir : parent folder; default ``$nnUNet_raw``.
     overwrite : replace an existing ``DatasetXXX_LiverPhantom`` folder.
-    num_processes : worker processes (default: CPU count, at most 8).
+    num_processes : worker processes (default: CPU count, at most 8). Workers are spawned: in a script,
+        call this under ``if __name__ == "__main__":``.
     quiet : no progress bar.
+
+    Raises ValueError (one-line message) on bad arguments, a missing output folder, an existing dataset
+    folder without ``overwrite`` or another dataset with the same id.
     """
     num_processes = min(os.cpu_count() or 1, 8) if num_processes is None else num_processes
     shape, spacing, origin, healthy_fraction, selected = _check_arguments(
