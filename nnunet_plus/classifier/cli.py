@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--best-metric", choices=BEST_METRICS, default=defaults.best_metric,
                         help="validation metric of checkpoint_best.pth (default: %(default)s)")
     parser.add_argument("--build-bank-only", action="store_true", help="build / complete the candidate bank and stop")
-    parser.add_argument("-np", type=int, default=2, help="processes for the candidate bank build (default: %(default)s)")
+    parser.add_argument("-np", type=int, default=2,
+                        help="processes for the candidate bank build (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

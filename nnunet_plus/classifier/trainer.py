@@ -235,7 +235,7 @@ class PLUSClassifierTrainer:
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore the full training state of a checkpoint of this fold (ValueError if it belongs elsewhere)."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest
         problems = []
         if ckpt["dataset_name"] != self.dataset_name or int(ckpt["fold"]) != self.fold:
             problems.append(f"it is {ckpt['dataset_name']} fold {ckpt['fold']}")
