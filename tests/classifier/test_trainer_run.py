@@ -145,3 +145,12 @@ def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
         assert main([project.dataset, "3d_fullres", "0", "-device", "cuda"]) == 1
         assert "no CUDA GPU; use -device cpu" in capsys.readouterr().err
     assert main([project.dataset, "3d_fullres", "0", "-device", "tpu"]) == 2  # argparse usage error
+
+
+def test_distill_fusion_and_patient_best_metric(cls_project, cls_helpers, tmp_path):
+    trainer = cls_helpers.make_trainer(cls_project, tmp_path, 0, fusion="distill", best_metric="patient_f1")
+    trainer.run_training(validate=False)
+    record = trainer.history[-1]
+    assert record["train_distill"] > 0 and record["val_distill"] > 0  # KL(prior || p) is added
+    assert trainer.best["metric"] == "patient_f1"
+    assert load_checkpoint(tmp_path / "checkpoint_final.pth")["model_config"]["fusion"] == "distill"
