@@ -22,7 +22,7 @@ one; the ratios use CPU times, the wall-clock times are printed beside them with
 
 Usage::
 
-    python benchmarks/bench_postprocessing.py                   # full size, ~3 min CPU, 4 GB RAM
+    python benchmarks/bench_postprocessing.py                   # full size, ~3 min CPU, ~5 GB RAM
     python benchmarks/bench_postprocessing.py --quick           # 48 x 256 x 256, 1 repeat, seconds
     python benchmarks/bench_postprocessing.py --shape 60 256 256 --dtypes float16 --json out.json
 """
