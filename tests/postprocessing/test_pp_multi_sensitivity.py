@@ -153,3 +153,11 @@ def test_input_is_not_modified():
 def test_bad_input_raises_value_error(shape, lesions, factors, message):
     with pytest.raises(ValueError, match=message):
         multi_sensitivity_labels(np.zeros(shape, dtype=np.float32), lesions, factors)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 0, 5, 5)])
+def test_empty_volume(shape):
+    probabilities = np.zeros(shape, dtype=np.float32)
+    probabilities[0] = 1.0                              # background everywhere (or no voxel at all)
+    maps = multi_sensitivity_labels(probabilities, [2, 3], [1, 2, 4])
+    assert maps.shape == (3, *shape[1:]) and not maps.any()
