@@ -44,13 +44,13 @@ class Demo:
     """Runs the steps in a work folder; ``timings`` (seconds per step) persist across re-runs."""
 
     def __init__(self, workdir: Path, *, device: str, n_train: int, n_test: int, classifier_epochs: int,
-                 num_processes: int) -> None:
+                 num_processes: int, trainer: str | None = None) -> None:
         self.workdir = workdir.resolve()
         self.device = device
         self.n_train, self.n_test = n_train, n_test
         self.classifier_epochs = classifier_epochs
         self.num_processes = num_processes
-        self.trainer = TRAINERS[device]
+        self.trainer = trainer or TRAINERS[device]
         self.raw = self.workdir / "nnUNet_raw"
         self.preprocessed = self.workdir / "nnUNet_preprocessed"
         self.results = self.workdir / "nnUNet_results"
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=60, help="training cases (default: 60)")
     parser.add_argument("--test-cases", type=int, default=20, help="held-out test cases (default: 20)")
     parser.add_argument("--classifier-epochs", type=int, default=30, help="PLUS classifier epochs (default: 30)")
+    parser.add_argument("-tr", dest="trainer", default=None,
+                        help="nnU-Net trainer (default: nnUNetTrainerPLUS_cpuTiny on cpu, nnUNetTrainerPLUS_50epochs on "
+                             "cuda; nnUNetTrainerPLUS_cpuTiny_2epochs for a smoke test)")
     parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 4),
                         help="worker processes (default: CPU count, at most 4)")
     args = parser.parse_args(argv)
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
-                classifier_epochs=args.classifier_epochs, num_processes=args.num_processes)
+                classifier_epochs=args.classifier_epochs, num_processes=args.num_processes, trainer=args.trainer)
     try:
         demo.run_all()
     except DemoError as exc:

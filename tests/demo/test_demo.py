@@ -1,0 +1,49 @@
+"""``nnunet_plus_demo`` end to end on a very small cohort with the 2-epoch CPU trainer (a smoke test of the
+main job: every real command runs, the report is written, a re-run skips every step)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nnunet_plus.demo import DATASET_NAME, TIMINGS_FILE, main
+
+STEPS = ["phantom", "plan_and_preprocess", "nnunet_fold0", "nnunet_fold1", "classifier_fold0", "classifier_fold1",
+         "predict_nnunet", "predict_plus", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    code = main(["--workdir", str(workdir), "--cases", "6", "--test-cases", "2", "--classifier-epochs", "1",
+                 "-tr", "nnUNetTrainerPLUS_cpuTiny_2epochs", "-np", "1"])
+    return workdir, code
+
+
+def test_demo_runs_every_step_and_writes_the_report(demo_run):
+    workdir, code = demo_run
+    assert code == 0
+    timings = json.loads((workdir / TIMINGS_FILE).read_text())
+    assert list(timings) == STEPS
+    report = (workdir / "report.md").read_text()
+    assert "nnU-Net alone" in report and "nnU-Net + PLUS" in report
+    summary = json.loads((workdir / "evaluation" / "summary.json").read_text())
+    assert summary["meta"]["n_cases"] == 2
+    for name in ("nnunet", "plus"):
+        assert len(list((workdir / "predictions" / name).glob("case_*_instances.nii.gz"))) == 2
+    assert (workdir / "nnUNet_raw" / DATASET_NAME / "dataset.json").is_file()
+
+
+def test_demo_rerun_skips_finished_steps(demo_run, capsys):
+    workdir, _ = demo_run
+    before = json.loads((workdir / TIMINGS_FILE).read_text())
+    assert main(["--workdir", str(workdir), "--cases", "6", "--test-cases", "2", "--classifier-epochs", "1",
+                 "-tr", "nnUNetTrainerPLUS_cpuTiny_2epochs", "-np", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done, skipped") == len(STEPS)
+    assert json.loads((workdir / TIMINGS_FILE).read_text()) == before
+
+
+def test_demo_refuses_too_few_cases(tmp_path, capsys):
+    assert main(["--workdir", str(tmp_path), "--cases", "2"]) == 2
+    assert "--cases >= 4" in capsys.readouterr().err
