@@ -64,7 +64,8 @@ def select_cases(cases: Sequence[str], output_folder: str | Path, *, num_parts: 
         return mine, []
     done = [c for c in mine if is_case_done(output_folder, c, save_probabilities=save_probabilities,
                                             overlays=overlays)]
-    return [c for c in mine if c not in set(done)], done
+    finished = set(done)
+    return [c for c in mine if c not in finished], done
 
 
 def _error_text(exc: BaseException) -> str:
