@@ -20,7 +20,6 @@ unknown extensions (nnU-Net's dataset.json, plans.json, ...) are ignored in DIR.
 """
 from __future__ import annotations
 
-import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,6 @@ from nnunet_plus.predict.inputs import (CaseInput, Geometry, InputError, discove
                                         read_sitk)
 from nnunet_plus.predict.refine import CaseRefiner
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
-
-logger = logging.getLogger(__name__)
 
 _PROBABILITY_TOLERANCE = 1e-3
 
