@@ -155,8 +155,8 @@ class Demo:
 
     def _predicted_all(self, name: str) -> bool:
         folder = self.predictions / name
-        return (folder / "patients.csv").is_file() and \
-            len(list(folder.glob("*.json"))) >= len(list((self.dataset_raw / "imagesTs").glob("*_0000.nii.gz")))
+        cases = [p.name[: -len("_0000.nii.gz")] for p in (self.dataset_raw / "imagesTs").glob("*_0000.nii.gz")]
+        return (folder / "patients.csv").is_file() and all((folder / f"{case}.json").is_file() for case in cases)
 
     def run_all(self) -> Path:
         self.timed("phantom", (self.dataset_raw / "dataset.json").is_file(), self.make_phantom)

@@ -249,17 +249,11 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh, indent=2)
             fh.write("\n")
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual file mode
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_schema(dataset_json_path: str | os.PathLike, schema: LesionSchema) -> None:
