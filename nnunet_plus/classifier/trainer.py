@@ -193,8 +193,11 @@ class PLUSClassifierTrainer:
         self.val_data = CandidateDataset(self.bank_dir, self.val_cases, metadata=self.metadata)
         counts = self.train_data.class_counts()
         if counts.sum() == 0:
-            raise ValueError(f"the {len(self.train_cases)} training cases have no candidate at all; nothing to train "
-                             "(is nnU-Net predicting any lesion?)")
+            factor = max(self.schema.sensitivities)
+            raise ValueError(f"nnU-Net found no lesion candidate in the {len(self.train_cases)} training cases of fold "
+                             f"{self.fold}, even at the highest sensitivity (f={factor:g}): the classifier has nothing "
+                             "to learn. Check the nnU-Net folds' validation/plus_summary.json; nnU-Net needs to detect "
+                             "lesions first (train it longer, or raise the schema's highest sensitivity)")
         self.class_counts = counts
         self.nnunet_val = nnunet_lesion_metrics([self.val_data.bank(i) for i in range(len(self.val_data))])
         self.class_weights = inverse_frequency_weights(counts, power=s.class_weight_power)

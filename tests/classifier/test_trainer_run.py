@@ -154,3 +154,17 @@ def test_distill_fusion_and_patient_best_metric(cls_project, cls_helpers, tmp_pa
     assert record["train_distill"] > 0 and record["val_distill"] > 0  # KL(prior || p) is added
     assert trainer.best["metric"] == "patient_f1"
     assert load_checkpoint(tmp_path / "checkpoint_final.pth")["model_config"]["fusion"] == "distill"
+
+
+def test_no_candidate_in_the_training_cases_is_a_clear_error(cls_project, tmp_path):
+    from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
+
+    trainer = PLUSClassifierTrainer(cls_project.bank, tmp_path, fold=0, train_cases=["cls_002"],  # healthy, none
+                                    val_cases=["cls_000"], raw_dataset_dir=cls_project.raw,
+                                    dataset_name=cls_project.dataset, settings=TrainerSettings(preset="tiny"))
+    with pytest.raises(ValueError, match=r"no lesion candidate in the 1 training cases of fold 0, even at the "
+                                         r"highest sensitivity \(f=4\)"):
+        trainer.run_training()
+    with pytest.raises(ValueError, match="training and the validation set"):
+        PLUSClassifierTrainer(cls_project.bank, tmp_path, fold=0, train_cases=["cls_000"], val_cases=["cls_000"],
+                              raw_dataset_dir=cls_project.raw, dataset_name=cls_project.dataset)
