@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from nnunet_plus.evaluation.plots import save_figure
+
 __all__ = ["plot_progress"]
 
 _LOSSES = (("train_total", "train total", "-"), ("val_total", "validation total", "-"),
@@ -51,12 +53,4 @@ def plot_progress(history: Sequence[Mapping], path: str | os.PathLike, *, title:
     ax_metric.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(fig, path)

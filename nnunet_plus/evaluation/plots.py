@@ -26,7 +26,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
     """Write the figure through a temporary file + rename (normal file permissions, never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,14 +119,14 @@ def plot_confusion_matrix(summary: Mapping, path: str | os.PathLike) -> Path:
     """``path``: PNG of the patient confusion matrix of one summary."""
     fig = _figure(5.2, 4.6)
     draw_confusion_matrix(fig.add_subplot(), summary)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_froc(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
     """``path``: PNG of the FROC curves (a note instead when no run has lesion probabilities)."""
     fig = _figure(5.6, 4.2)
     draw_froc(fig.add_subplot(), runs)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
@@ -134,7 +134,7 @@ def plot_per_class(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path
     fig = _figure(10.0, 4.0)
     ax1, ax2 = fig.subplots(1, 2)
     draw_per_class(ax1, ax2, runs)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_overview(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
@@ -145,7 +145,7 @@ def plot_overview(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
     draw_froc(axes[2], runs)
     name, last = list(runs.items())[-1]
     draw_confusion_matrix(axes[3], last, title=f"Patient class: {name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_plots(runs: Mapping[str, Mapping], folder: str | os.PathLike) -> list[Path]:
