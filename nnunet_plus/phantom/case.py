@@ -39,10 +39,13 @@ def world_xyz(grid: Grid, origin_zyx: tuple[float, float, float], index_zyx) -> 
 
 
 def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                origin: tuple[float, float, float], labels: dict[str, int]) -> PhantomCase:
+                origin: tuple[float, float, float], labels: dict[str, int],
+                conspicuity: float = 1.0) -> PhantomCase:
     """Render ``spec`` on a grid of ``shape`` (Z, Y, X) voxels with ``spacing`` and ``origin`` (z, y, x) mm.
 
-    ``labels`` maps "liver" and each lesion type to its label value. Deterministic in ``spec``.
+    ``labels`` maps "liver" and each lesion type to its label value. ``conspicuity`` (>= 1) multiplies the
+    lesion-to-liver contrast and divides the CT noise: 1 (default) is realistic NCCT, larger values make
+    lesions easier to learn for short CPU trainings (the demo). Deterministic in ``spec`` and ``conspicuity``.
     """
     grid = Grid(tuple(shape), tuple(float(s) for s in spacing))
     rng = spec.rng()
@@ -61,11 +64,12 @@ def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[f
         if lesion.kind == "icc":
             ducts[i] = paint_ducts(canvas, grid, liver, lesion, hilum, patient.hu["bile"], rng)
     for lesion in lesions:
-        paint_lesion(canvas, lesion)
+        paint_lesion(canvas, lesion, liver_hu=liver.mean_hu, conspicuity=conspicuity)
     if shapes.gallbladder is not None:
         canvas.paint("gallbladder", occupancy(shapes.gallbladder, grid.spacing), patient.hu["bile"])
 
-    image = canvas.image + correlated_noise(rng, grid.shape, patient.noise_sigma, NOISE_CORRELATION_VOX)
+    image = canvas.image + correlated_noise(rng, grid.shape, patient.noise_sigma / conspicuity,
+                                                   NOISE_CORRELATION_VOX)
     image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
     label = np.zeros(grid.shape, dtype=np.uint8)
@@ -99,7 +103,7 @@ def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[f
         "patient_category": "normal" if cls == "normal" else ("malignant" if cls in MALIGNANT else "benign"),
         "n_lesions": len(lesions),
         "liver_hu": round(liver.mean_hu, 1), "spleen_hu": round(patient.hu["spleen"], 1),
-        "noise_sigma_hu": round(patient.noise_sigma, 1),
+        "noise_sigma_hu": round(patient.noise_sigma / conspicuity, 1),
         "liver_volume_cm3": round(int(liver.mask.sum()) * voxel_cm3, 1),
         "spleen_volume_cm3": round(int((occupancy(shapes.spleen, grid.spacing) >= 0.5).sum()) * voxel_cm3, 1),
         "ascites": patient.ascites_mm > 0, "gallbladder": patient.has_gallbladder,

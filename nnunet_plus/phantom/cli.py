@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of lesion-free subjects per split (default: 0.3)")
     parser.add_argument("--lesion-types", nargs="+", metavar="TYPE",
                         help=f"lesion types to include (default: all of {' '.join(LESION_TYPES)})")
+    parser.add_argument("--conspicuity", type=float, default=1.0,
+                        help="lesion-to-liver contrast x C and CT noise / C; 1 = realistic subtle NCCT lesions "
+                             "(default), the demo uses a higher value so a short CPU training learns them")
     parser.add_argument("--out", help="parent folder of the dataset (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("-np", "--num-processes", type=int, help="worker processes (default: CPU count, max 8)")
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset_id, args.n_train, n_test=args.n_test, seed=args.seed, shape=args.shape,
             spacing=args.spacing, origin=args.origin, healthy_fraction=args.healthy_fraction,
             lesion_types=args.lesion_types, out_dir=args.out, overwrite=args.overwrite,
-            num_processes=args.num_processes, quiet=args.quiet)
+            num_processes=args.num_processes, quiet=args.quiet, conspicuity=args.conspicuity)
         if args.preview:
             png = write_preview(folder, args.preview)
     except (ValueError, OSError) as exc:

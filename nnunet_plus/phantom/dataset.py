@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 DATASET_NAME = "LiverPhantom"
 DEFAULT_SHAPE: tuple[int, int, int] = (32, 96, 96)
 DEFAULT_SPACING: tuple[float, float, float] = (5.0, 3.5, 3.5)
+#: Largest accepted ``conspicuity`` (lesion contrast x c, noise / c).
+MAX_CONSPICUITY = 5.0
 PATIENT_COLUMNS = ("case_id", "split", "liver_condition", "patient_class", "patient_category", "n_lesions",
                    "lesion_types", "largest_diameter_mm", "total_lesion_volume_cm3", "liver_volume_cm3",
                    "spleen_volume_cm3", "ascites", "noise_sigma_hu")
@@ -62,7 +64,7 @@ def default_origin(shape: Sequence[int], spacing: Sequence[float]) -> tuple[floa
 
 
 def _check_arguments(dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types,
-                     num_processes) -> tuple:
+                     num_processes, conspicuity) -> tuple:
     """Validate and normalise the arguments of :func:`make_phantom_dataset`; ValueError on bad input."""
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
         raise ValueError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
@@ -72,6 +74,8 @@ def _check_arguments(dataset_id, n_train, n_test, seed, shape, spacing, origin, 
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if not 0.0 <= float(healthy_fraction) <= 1.0:
         raise ValueError(f"healthy fraction must be between 0 and 1, got {healthy_fraction!r}")
+    if not np.isfinite(float(conspicuity)) or not 1.0 <= float(conspicuity) <= MAX_CONSPICUITY:
+        raise ValueError(f"conspicuity must be between 1 (realistic) and {MAX_CONSPICUITY:g}, got {conspicuity!r}")
     if lesion_types is None:
         lesion_types = LESION_TYPES
     elif isinstance(lesion_types, str):
@@ -122,8 +126,8 @@ def write_nifti(array: np.ndarray, path: Path, spacing: Sequence[float], origin:
 
 def _write_case(job: tuple) -> dict:
     """Render one case and write its image and label into ``folder`` (runs in a worker process)."""
-    spec, shape, spacing, origin, labels, folder = job
-    case = render_case(spec, shape=shape, spacing=spacing, origin=origin, labels=labels)
+    spec, shape, spacing, origin, labels, conspicuity, folder = job
+    case = render_case(spec, shape=shape, spacing=spacing, origin=origin, labels=labels, conspicuity=conspicuity)
     suffix = "Tr" if spec.split == "train" else "Ts"
     image_path = Path(folder) / f"images{suffix}" / f"{spec.case_id}_0000.nii.gz"
     label_path = Path(folder) / f"labels{suffix}" / f"{spec.case_id}.nii.gz"
@@ -160,7 +164,8 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
                          shape: Sequence[int] = DEFAULT_SHAPE, spacing: Sequence[float] = DEFAULT_SPACING,
                          origin: Sequence[float] | None = None, healthy_fraction: float = 0.3,
                          lesion_types: Sequence[str] | None = None, out_dir: str | os.PathLike | None = None,
-                         overwrite: bool = False, num_processes: int | None = None, quiet: bool = False) -> Path:
+                         overwrite: bool = False, num_processes: int | None = None, quiet: bool = False,
+                         conspicuity: float = 1.0) -> Path:
     """Generate a synthetic non-contrast liver CT cohort in nnU-Net raw format; return the dataset folder.
 
     Parameters
@@ -178,13 +183,17 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
     num_processes : worker processes (default: CPU count, at most 8). Workers are spawned: in a script,
         call this under ``if __name__ == "__main__":``.
     quiet : no progress bar.
+    conspicuity : 1 (default) gives realistic, subtle NCCT lesions; c > 1 multiplies every non-calcified
+        lesion's contrast against the liver by c and divides the CT noise by c (the demo's short CPU
+        training learns lesions only then). Recorded in cases.json.
 
     Raises ValueError (one-line message) on bad arguments, a missing output folder, an existing dataset
     folder without ``overwrite`` or another dataset with the same id.
     """
     num_processes = min(os.cpu_count() or 1, 8) if num_processes is None else num_processes
     shape, spacing, origin, healthy_fraction, selected = _check_arguments(
-        dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types, num_processes)
+        dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types, num_processes,
+        conspicuity)
     root = _output_root(out_dir)
     name = f"Dataset{int(dataset_id):03d}_{DATASET_NAME}"
     target = root / name
@@ -204,11 +213,12 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
         staging.chmod(0o755)
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (staging / sub).mkdir()
-        records = _generate(specs, shape, spacing, origin, labels, staging, int(num_processes), quiet)
+        records = _generate(specs, shape, spacing, origin, labels, float(conspicuity), staging,
+                            int(num_processes), quiet)
         _write_metadata(staging, name, labels, records, dict(
             seed=int(seed), shape=list(shape), spacing=list(spacing), origin=list(origin),
             healthy_fraction=healthy_fraction, lesion_types=list(selected), n_train=int(n_train),
-            n_test=int(n_test)))
+            n_test=int(n_test), conspicuity=float(conspicuity)))
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -217,9 +227,9 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
     return target
 
 
-def _generate(specs: list[CaseSpec], shape, spacing, origin, labels, folder: Path, num_processes: int,
-              quiet: bool) -> list[dict]:
-    jobs = [(spec, shape, spacing, origin, labels, str(folder)) for spec in specs]
+def _generate(specs: list[CaseSpec], shape, spacing, origin, labels, conspicuity: float, folder: Path,
+              num_processes: int, quiet: bool) -> list[dict]:
+    jobs = [(spec, shape, spacing, origin, labels, conspicuity, str(folder)) for spec in specs]
     progress = dict(total=len(jobs), desc="phantom cases", unit="case", disable=quiet)
     if num_processes == 1 or len(jobs) == 1:
         return [_write_case(job) for job in tqdm(jobs, **progress)]

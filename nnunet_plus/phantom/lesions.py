@@ -230,6 +230,18 @@ def paint_ducts(canvas: Canvas, grid: Grid, liver: Liver, lesion: Lesion, hilum:
     return n
 
 
-def paint_lesion(canvas: Canvas, lesion: Lesion) -> None:
-    """Blend a rendered lesion into the image (owner ``lesion_<type>``)."""
-    canvas.paint(f"lesion_{lesion.kind}", lesion.occ, lesion.value, lesion.box)
+#: Lowest HU a soft-tissue lesion is given when its contrast is amplified (``conspicuity`` > 1).
+AMPLIFIED_FLOOR_HU = -20.0
+
+
+def paint_lesion(canvas: Canvas, lesion: Lesion, *, liver_hu: float, conspicuity: float = 1.0) -> None:
+    """Blend a rendered lesion into the image (owner ``lesion_<type>``).
+
+    ``conspicuity`` multiplies the lesion's contrast against the mean parenchyma ``liver_hu`` (HU) for every
+    type but calcification (already conspicuous); 1 keeps the NCCT appearance of the module docstring.
+    """
+    value = lesion.value
+    if conspicuity != 1.0 and lesion.kind != "calcification":
+        value = np.maximum(liver_hu + np.float32(conspicuity) * (value - np.float32(liver_hu)),
+                           np.float32(AMPLIFIED_FLOOR_HU))
+    canvas.paint(f"lesion_{lesion.kind}", lesion.occ, value, lesion.box)

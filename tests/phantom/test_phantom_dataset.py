@@ -195,3 +195,18 @@ def test_interrupted_overwrite_keeps_old_dataset(tmp_path, monkeypatch):
         make_phantom_dataset(31, 2, n_test=0, out_dir=tmp_path, num_processes=1, quiet=True, overwrite=True, **SMALL)
     assert (folder / "cases.json").read_bytes() == before
     assert [p.name for p in Path(tmp_path).iterdir()] == [folder.name]
+
+
+@pytest.mark.parametrize("value", [0.5, 6.0, float("nan")])
+def test_bad_conspicuity(tmp_path, value):
+    with pytest.raises(ValueError, match="conspicuity must be between 1"):
+        make_phantom_dataset(990, 2, out_dir=tmp_path, quiet=True, conspicuity=value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conspicuity_recorded(tmp_path):
+    folder = make_phantom_dataset(14, 1, n_test=0, num_processes=1, quiet=True, out_dir=tmp_path, conspicuity=2.0,
+                                  **SMALL)
+    cases = json.loads((folder / "cases.json").read_text())
+    assert cases["generator"]["conspicuity"] == 2.0
+    assert json.loads((folder / "dataset.json").read_text())["phantom"]["conspicuity"] == 2.0

@@ -184,3 +184,28 @@ def test_cirrhosis_shrinks_liver_and_enlarges_spleen(cases):
 
     assert mean_of("cirrhotic", "spleen_volume_cm3") > 1.3 * mean_of("normal", "spleen_volume_cm3")
     assert mean_of("cirrhotic", "liver_volume_cm3") < mean_of("normal", "liver_volume_cm3")
+
+
+def _contrast_and_noise(case):
+    """Mean |lesion - liver| HU over the soft-tissue lesions, and the recorded noise sigma."""
+    liver = case.image[case.tissues["liver"]].astype(float).mean()
+    contrasts = [abs(case.image[case.label == les["label"]].astype(float).mean() - liver)
+                 for les in case.record["lesions"] if les["type"] != "calcification"]
+    return float(np.mean(contrasts)), case.record["noise_sigma_hu"]
+
+
+def test_conspicuity_amplifies_contrast_and_lowers_noise_only(cases):
+    spec, case = next((s, c) for s, c in cases if any(les["type"] in ("hcc", "hemangioma", "icc", "metastasis")
+                                                       for les in c.record["lesions"]))
+    origin = default_origin(DEFAULT_SHAPE, DEFAULT_SPACING)
+    bright = render_case(spec, shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING, origin=origin, labels=LABELS,
+                         conspicuity=3.0)
+    assert np.array_equal(bright.label, case.label)            # same anatomy and lesions, only their look
+    contrast, noise = _contrast_and_noise(case)
+    bright_contrast, bright_noise = _contrast_and_noise(bright)
+    assert bright_contrast > 2.0 * contrast
+    assert bright_noise == pytest.approx(noise / 3.0, abs=0.06)
+    outside = case.label == 0
+    assert np.abs(bright.image[outside].astype(float) - case.image[outside]).mean() < noise  # body unchanged but noise
+    for les in bright.record["lesions"]:                       # amplified lesions stay above the -20 HU floor
+        assert bright.image[bright.label == les["label"]].astype(float).mean() >= -20 - bright_noise
