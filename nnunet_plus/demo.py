@@ -2,10 +2,13 @@
 
 Steps (each skipped when its outputs exist, so re-running continues where it stopped):
 
-1. ``nnunet_plus_make_phantom``: a synthetic NCCT cohort (``--cases`` training + ``--test-cases`` test cases).
+1. ``nnunet_plus_make_phantom``: a synthetic NCCT cohort (``--cases`` training + ``--test-cases`` test cases) on
+   a coarse grid (``DEMO_SHAPE`` at ``DEMO_SPACING``) with lesions ``--conspicuity`` times more conspicuous than
+   realistic NCCT, so that two CPU cores can train both stages in minutes.
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
 3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
-4. ``nnUNetv2_train`` nnUNetTrainerPLUS on folds 0 and 1 (the CPU-sized variant on CPU; resumes with ``--c``).
+4. ``nnUNetv2_train`` on folds 0 and 1 (nnUNetTrainerPLUS_cpuTiny on CPU, the lesion-focused
+   nnUNetTrainerPLUS_lesionFocus_10epochs on CUDA; resumes with ``--c``).
 5. ``nnunet_plus_train_classifier`` on folds 0 and 1 (tiny preset on CPU; builds the candidate bank first).
 6. ``nnunet_plus_predict`` on the test images twice: nnU-Net alone (``--no-classifier``) and + PLUS.
 7. ``nnunet_plus_evaluate --baseline``: nnU-Net alone vs + PLUS, printed, plus plots.
@@ -31,7 +34,11 @@ DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_LiverPhantom"
 CONFIGURATION = "3d_fullres"
 FOLDS = (0, 1)
-TRAINERS = {"cpu": "nnUNetTrainerPLUS_cpuTiny", "cuda": "nnUNetTrainerPLUS_50epochs"}
+TRAINERS = {"cpu": "nnUNetTrainerPLUS_cpuTiny", "cuda": "nnUNetTrainerPLUS_lesionFocus_10epochs"}
+#: the demo cohort's grid (z, y, x): 24 x 64 x 64 voxels of 6 x 5 x 5 mm (144 x 320 x 320 mm)
+DEMO_SHAPE = (24, 64, 64)
+DEMO_SPACING = (6.0, 5.0, 5.0)
+DEMO_CONSPICUITY = 3.0
 CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
 
@@ -44,11 +51,12 @@ class Demo:
     """Runs the steps in a work folder; ``timings`` (seconds per step) persist across re-runs."""
 
     def __init__(self, workdir: Path, *, device: str, n_train: int, n_test: int, classifier_epochs: int,
-                 num_processes: int, trainer: str | None = None) -> None:
+                 num_processes: int, trainer: str | None = None, conspicuity: float = DEMO_CONSPICUITY) -> None:
         self.workdir = workdir.resolve()
         self.device = device
         self.n_train, self.n_test = n_train, n_test
         self.classifier_epochs = classifier_epochs
+        self.conspicuity = conspicuity
         self.num_processes = num_processes
         self.trainer = trainer or TRAINERS[device]
         self.raw = self.workdir / "nnUNet_raw"
@@ -117,6 +125,8 @@ class Demo:
         self.raw.mkdir(parents=True, exist_ok=True)
         self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
                              "--n-test", str(self.n_test), "--out", str(self.raw),
+                             "--shape", *map(str, DEMO_SHAPE), "--spacing", *map(str, DEMO_SPACING),
+                             "--conspicuity", str(self.conspicuity),
                              "-np", str(self.num_processes), "--preview", str(self.workdir / "phantom_preview.png")])
 
     def plan_and_preprocess(self) -> None:
@@ -192,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-cases", type=int, default=20, help="held-out test cases (default: 20)")
     parser.add_argument("--classifier-epochs", type=int, default=30, help="PLUS classifier epochs (default: 30)")
     parser.add_argument("-tr", dest="trainer", default=None,
-                        help="nnU-Net trainer (default: nnUNetTrainerPLUS_cpuTiny on cpu, nnUNetTrainerPLUS_50epochs on "
-                             "cuda; nnUNetTrainerPLUS_cpuTiny_2epochs for a smoke test)")
+                        help="nnU-Net trainer (default: nnUNetTrainerPLUS_cpuTiny on cpu, "
+                             "nnUNetTrainerPLUS_lesionFocus_10epochs on cuda; nnUNetTrainerPLUS_cpuTiny_2epochs for a "
+                             "smoke test)")
+    parser.add_argument("--conspicuity", type=float, default=DEMO_CONSPICUITY,
+                        help="phantom lesion contrast x C and noise / C (default: %(default)s; 1 = realistic, subtle "
+                             "NCCT lesions that a few minutes of training do not learn)")
     parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 4),
                         help="worker processes (default: CPU count, at most 4)")
     args = parser.parse_args(argv)
@@ -208,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
-                classifier_epochs=args.classifier_epochs, num_processes=args.num_processes, trainer=args.trainer)
+                classifier_epochs=args.classifier_epochs, num_processes=args.num_processes, trainer=args.trainer,
+                conspicuity=args.conspicuity)
     try:
         demo.run_all()
     except DemoError as exc:

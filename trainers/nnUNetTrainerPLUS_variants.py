@@ -1,7 +1,9 @@
-"""Thin variants of nnUNetTrainerPLUS, nnU-Net style: training length and a CPU-sized trainer.
+"""Thin variants of nnUNetTrainerPLUS, nnU-Net style: training length, the lesion-focused recipe's lengths and
+a CPU-sized trainer.
 
 ``nnUNetTrainerPLUS_cpuTiny*`` are for tests, the demo and smoke tests on a laptop: a network with a few
-features per stage and few iterations per epoch. They are NOT for real training.
+features per stage, the lesion-focused recipe (nnUNetTrainerPLUS_lesionFocus) and few iterations. They are NOT
+for real training.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_plus.trainers.nnUNetTrainerPLUS import nnUNetTrainerPLUS
+from nnunet_plus.trainers.nnUNetTrainerPLUS_lesionFocus import nnUNetTrainerPLUS_lesionFocus
 
 
 class nnUNetTrainerPLUS_1epoch(nnUNetTrainerPLUS):
@@ -40,19 +43,36 @@ class nnUNetTrainerPLUS_250epochs(nnUNetTrainerPLUS):
         self.num_epochs = 250
 
 
+class nnUNetTrainerPLUS_lesionFocus_10epochs(nnUNetTrainerPLUS_lesionFocus):
+    """The lesion-focused recipe for 10 x 250 iterations (the demo's GPU trainer)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
+
+
+class nnUNetTrainerPLUS_lesionFocus_50epochs(nnUNetTrainerPLUS_lesionFocus):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 50
+
+
 #: features of the CPU-sized network: BASE * 2**stage, capped at MAX
 CPU_TINY_BASE_FEATURES = 8
 CPU_TINY_MAX_FEATURES = 64
 
 
-class nnUNetTrainerPLUS_cpuTiny(nnUNetTrainerPLUS):
-    """CPU-sized trainer (demo, tests): 8-16-32-64 features, one conv per stage, 30 epochs x 20 iterations,
-    no test-time mirroring. Same plans, data pipeline, loss and validation as nnUNetTrainerPLUS."""
+class nnUNetTrainerPLUS_cpuTiny(nnUNetTrainerPLUS_lesionFocus):
+    """CPU-sized trainer (demo, tests): 8-16-32-64 features, one conv per stage, 20 epochs x 20 iterations,
+    no test-time mirroring, the lesion-focused loss and optimiser. Same plans, data pipeline and validation as
+    nnUNetTrainerPLUS."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 30
+        self.num_epochs = 20
         self.num_iterations_per_epoch = 20
         self.num_val_iterations_per_epoch = 4
 
