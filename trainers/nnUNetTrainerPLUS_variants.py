@@ -65,16 +65,9 @@ CPU_TINY_BASE_FEATURES = 8
 CPU_TINY_MAX_FEATURES = 64
 
 
-class nnUNetTrainerPLUS_cpuTiny(nnUNetTrainerPLUS):
-    """CPU-sized trainer (demo, tests): 8-16-32-64 features, one conv per stage, 15 epochs x 20 iterations,
-    no test-time mirroring. Same plans, data pipeline, loss and validation as nnUNetTrainerPLUS."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 15
-        self.num_iterations_per_epoch = 20
-        self.num_val_iterations_per_epoch = 4
+class _CpuTinyNetwork:
+    """Mixin: the CPU-sized network (BASE * 2**stage features capped at MAX, one conv per stage) and no
+    test-time mirroring (mirroring augmentation is kept)."""
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -94,6 +87,30 @@ class nnUNetTrainerPLUS_cpuTiny(nnUNetTrainerPLUS):
                                       configuration_manager.network_arch_init_kwargs_req_import,
                                       num_input_channels, num_output_channels, allow_init=True,
                                       deep_supervision=enable_deep_supervision)
+
+
+class nnUNetTrainerPLUS_cpuTiny(_CpuTinyNetwork, nnUNetTrainerPLUS):
+    """CPU-sized trainer (demo, tests): 8-16-32-64 features, one conv per stage, 15 epochs x 20 iterations,
+    no test-time mirroring. Same plans, data pipeline, loss and validation as nnUNetTrainerPLUS."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 15
+        self.num_iterations_per_epoch = 20
+        self.num_val_iterations_per_epoch = 4
+
+
+class nnUNetTrainerPLUS_lesionFocus_cpuTiny(_CpuTinyNetwork, nnUNetTrainerPLUS_lesionFocus):
+    """The CPU-sized network with the lesion-focused recipe, 60 epochs x 25 iterations (~15 min per fold on
+    2 cores at the demo grid): the shortest CPU schedule in which stage one starts to find phantom lesions."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 60
+        self.num_iterations_per_epoch = 25
+        self.num_val_iterations_per_epoch = 2
 
 
 class nnUNetTrainerPLUS_cpuTiny_2epochs(nnUNetTrainerPLUS_cpuTiny):
