@@ -41,6 +41,9 @@ DEMO_SPACING = (6.0, 5.0, 5.0)
 DEMO_CONSPICUITY = 3.0
 CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
+#: written when stage one gave the classifier nothing to learn from; its text says why
+CLASSIFIER_SKIPPED_FILE = "classifier_skipped.txt"
+NO_CANDIDATE_MESSAGE = "no lesion candidate in the"
 
 
 class DemoError(RuntimeError):
@@ -143,7 +146,27 @@ class Demo:
         self.run(f"nnunet_fold{fold}", ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, str(fold), "-tr",
                                         self.trainer, "-device", self.device, *resume])
 
+    @property
+    def classifier_skipped(self) -> str | None:
+        """Why the PLUS stage was skipped (stage one found no lesion candidate), or None."""
+        marker = self.workdir / CLASSIFIER_SKIPPED_FILE
+        return marker.read_text().strip() if marker.is_file() else None
+
     def train_classifier(self, fold: int) -> None:
+        """Train the fold's classifier; when nnU-Net found no lesion candidate to learn from, record why in
+        ``classifier_skipped.txt`` (the demo then reports nnU-Net alone) instead of failing."""
+        try:
+            self._train_classifier(fold)
+        except DemoError:
+            log = self.logs / f"classifier_fold{fold}.log"
+            reason = next((line.strip() for line in log.read_text().splitlines()
+                           if NO_CANDIDATE_MESSAGE in line), None) if log.is_file() else None
+            if reason is None:
+                raise
+            (self.workdir / CLASSIFIER_SKIPPED_FILE).write_text(reason + "\n")
+            print(f"=== PLUS classifier skipped: {reason}", flush=True)
+
+    def _train_classifier(self, fold: int) -> None:
         resume = ["--c"] if (self.classifier_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
         self.run(f"classifier_fold{fold}", [
             "nnunet_plus_train_classifier", str(DATASET_ID), CONFIGURATION, str(fold), "-tr", self.trainer,
@@ -179,9 +202,11 @@ class Demo:
             self.timed(f"nnunet_fold{fold}", done, lambda f=fold: self.train_fold(f))
         for fold in FOLDS:
             done = (self.classifier_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()
-            self.timed(f"classifier_fold{fold}", done, lambda f=fold: self.train_classifier(f))
+            self.timed(f"classifier_fold{fold}", done or self.classifier_skipped is not None,
+                       lambda f=fold: self.train_classifier(f))
+        plus_options = ["--overlays"] + (["--no-classifier"] if self.classifier_skipped else [])
         self.timed("predict_nnunet", self._predicted_all("nnunet"), lambda: self.predict("nnunet", ["--no-classifier"]))
-        self.timed("predict_plus", self._predicted_all("plus"), lambda: self.predict("plus", ["--overlays"]))
+        self.timed("predict_plus", self._predicted_all("plus"), lambda: self.predict("plus", plus_options))
         self.timed("evaluate", (self.evaluation / "summary.json").is_file(), self.evaluate)
         from nnunet_plus.demo_report import write_report
 

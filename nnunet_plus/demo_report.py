@@ -45,6 +45,9 @@ def write_report(demo: "Demo") -> Path:
         "",
         "## nnU-Net alone vs nnU-Net + PLUS (test cases)",
         "",
+        *([f"**The PLUS stage was skipped** (`{demo.classifier_skipped}`): the two rows below are both nnU-Net "
+           "alone. Train stage one longer (see README) to give the classifier candidates.", ""]
+          if demo.classifier_skipped else []),
         "```",
         format_comparison(baseline, ours, names=("nnU-Net alone", "nnU-Net + PLUS")),
         "```",

@@ -47,3 +47,27 @@ def test_demo_rerun_skips_finished_steps(demo_run, capsys):
 def test_demo_refuses_too_few_cases(tmp_path, capsys):
     assert main(["--workdir", str(tmp_path), "--cases", "2"]) == 2
     assert "--cases >= 4" in capsys.readouterr().err
+
+
+def test_classifier_without_candidates_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """Stage one found no lesion candidate: the demo records why and goes on with nnU-Net alone; any other
+    classifier failure still stops the demo."""
+    from nnunet_plus.demo import CLASSIFIER_SKIPPED_FILE, Demo, DemoError
+
+    demo = Demo(tmp_path, device="cpu", n_train=4, n_test=1, classifier_epochs=1, num_processes=1)
+    demo.logs.mkdir(parents=True)
+    message = "error: nnU-Net found no lesion candidate in the 2 training cases of fold 0, even at the f = 4 map"
+
+    def failing(fold, text):
+        (demo.logs / f"classifier_fold{fold}.log").write_text(f"building the bank\n{text}\n")
+        raise DemoError(f"step classifier_fold{fold} failed (exit 1)")
+
+    monkeypatch.setattr(demo, "_train_classifier", lambda fold: failing(fold, "Traceback: out of memory"))
+    with pytest.raises(DemoError):
+        demo.train_classifier(0)
+    assert demo.classifier_skipped is None
+
+    monkeypatch.setattr(demo, "_train_classifier", lambda fold: failing(fold, message))
+    demo.train_classifier(0)
+    assert (tmp_path / CLASSIFIER_SKIPPED_FILE).is_file()
+    assert demo.classifier_skipped == message
