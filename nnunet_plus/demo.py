@@ -43,7 +43,6 @@ CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
 #: written when stage one gave the classifier nothing to learn from; its text says why
 CLASSIFIER_SKIPPED_FILE = "classifier_skipped.txt"
-NO_CANDIDATE_MESSAGE = "no lesion candidate in the"
 
 
 class DemoError(RuntimeError):
@@ -158,9 +157,11 @@ class Demo:
         try:
             self._train_classifier(fold)
         except DemoError:
+            from nnunet_plus.classifier.trainer import NO_CANDIDATE_ERROR  # torch: imported only on failure
+
             log = self.logs / f"classifier_fold{fold}.log"
             reason = next((line.strip() for line in log.read_text().splitlines()
-                           if NO_CANDIDATE_MESSAGE in line), None) if log.is_file() else None
+                           if NO_CANDIDATE_ERROR in line), None) if log.is_file() else None
             if reason is None:
                 raise
             (self.workdir / CLASSIFIER_SKIPPED_FILE).write_text(reason + "\n")

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 BEST_METRICS = ("lesion_f1", "patient_f1")
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
 LOSS_KEYS = ("total", "lesion", "patient", "screening", "distill")
+#: start of the error raised when a fold's training cases hold no candidate (the demo recognises it)
+NO_CANDIDATE_ERROR = "nnU-Net found no lesion candidate in the"
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class PLUSClassifierTrainer:
         counts = self.train_data.class_counts()
         if counts.sum() == 0:
             factor = max(self.schema.sensitivities)
-            raise ValueError(f"nnU-Net found no lesion candidate in the {len(self.train_cases)} training cases of fold "
+            raise ValueError(f"{NO_CANDIDATE_ERROR} {len(self.train_cases)} training cases of fold "
                              f"{self.fold}, even at the highest sensitivity (f={factor:g}): the classifier has nothing "
                              "to learn. Check the nnU-Net folds' validation/plus_summary.json; nnU-Net needs to detect "
                              "lesions first (train it longer, or raise the schema's highest sensitivity)")

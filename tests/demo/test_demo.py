@@ -52,11 +52,12 @@ def test_demo_refuses_too_few_cases(tmp_path, capsys):
 def test_classifier_without_candidates_is_skipped_not_fatal(tmp_path, monkeypatch):
     """Stage one found no lesion candidate: the demo records why and goes on with nnU-Net alone; any other
     classifier failure still stops the demo."""
+    from nnunet_plus.classifier.trainer import NO_CANDIDATE_ERROR
     from nnunet_plus.demo import CLASSIFIER_SKIPPED_FILE, Demo, DemoError
 
     demo = Demo(tmp_path, device="cpu", n_train=4, n_test=1, classifier_epochs=1, num_processes=1)
     demo.logs.mkdir(parents=True)
-    message = "error: nnU-Net found no lesion candidate in the 2 training cases of fold 0, even at the f = 4 map"
+    message = f"nnunet_plus_train_classifier: error: {NO_CANDIDATE_ERROR} 2 training cases of fold 0, even at f=4"
 
     def failing(fold, text):
         (demo.logs / f"classifier_fold{fold}.log").write_text(f"building the bank\n{text}\n")
