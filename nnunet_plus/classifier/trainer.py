@@ -212,6 +212,10 @@ class PLUSClassifierTrainer:
         if self.log_file is None:
             stamp = datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
             self.log_file = self.output_folder / f"training_log_{stamp}.txt"
+            session = 1
+            while self.log_file.exists():  # a session resumed within the same second still gets its own log
+                session += 1
+                self.log_file = self.output_folder / f"training_log_{stamp}_{session}.txt"
 
     def log(self, message: str) -> None:
         """Append a timestamped line to the training log (and to the module logger)."""
