@@ -1,7 +1,7 @@
 """One case from softmax to lesions and patient diagnosis, driven by the lesion schema.
 
 multi-sensitivity label maps -> seg2det at the base and the highest sensitivity -> tiers (Det_same /
-Det_diff) -> LiverMax on the base label map -> patient probabilities and classifyPatient on the base
+Det_diff) -> at most ``schema.max_suspicious_per_case`` suspicious candidates -> LiverMax on the base label map -> patient probabilities and classifyPatient on the base
 detections (nnU-Net's own segmentation, the cascaded paper's "Base" model).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from nnunet_plus.postprocessing.multi_sensitivity import is_torch_tensor, multi_
 from nnunet_plus.postprocessing.seg2det import Detections, seg2det
 from nnunet_plus.schema import LesionSchema
 
-__all__ = ["CaseAnalysis", "analyse_case"]
+__all__ = ["CaseAnalysis", "analyse_case", "keep_top_suspicious"]
 
 
 @dataclass
@@ -108,6 +108,7 @@ def analyse_case(probabilities, schema: LesionSchema, *, image=None, spacing: Se
     tiers = assign_tiers(base.instances, detections.instances)
     for record in detections.lesions:
         record["tier"] = tiers[record["id"]]
+    detections = keep_top_suspicious(detections, label_maps, schema.max_suspicious_per_case)
     livermax = liver_max(probabilities, label_maps[0], liver_labels=schema.liver_labels,
                          lesion_labels=lesion_labels, spacing=spacing, dilate_mm=dilate_mm)
     patient = patient_probabilities(livermax, malignant_labels=schema.malignant_labels,
@@ -117,3 +118,26 @@ def analyse_case(probabilities, schema: LesionSchema, *, image=None, spacing: Se
                         livermax=livermax, patient=patient, patient_class=patient_class,
                         sensitivities=tuple(float(f) for f in schema.sensitivities),
                         spacing=tuple(float(s) for s in spacing))
+
+
+def keep_top_suspicious(detections: Detections, label_maps: np.ndarray, limit: int) -> Detections:
+    """Keep every confident candidate and the ``limit`` most probable suspicious ones (``limit`` 0 = all).
+
+    Suspicious candidates are ranked by ``max_probability`` (their highest summed lesion probability), then
+    volume. Dropped candidates leave the instance map and the highest-sensitivity label map (``label_maps``:
+    (k, Z, Y, X), ``label_maps[-1]`` edited in place: their voxels take the base map's labels); the kept ones
+    are renumbered 1..M in their original order.
+    """
+    suspicious = [r for r in detections.lesions if r["tier"] != "confident"]
+    if limit <= 0 or len(suspicious) <= limit:
+        return detections
+    ranked = sorted(suspicious, key=lambda r: (-float(r.get("max_probability") or 0.0), -r["volume_mm3"], r["id"]))
+    dropped = {r["id"] for r in ranked[limit:]}
+    kept = [r for r in detections.lesions if r["id"] not in dropped]
+    new_id = np.zeros(max(r["id"] for r in detections.lesions) + 1, dtype=detections.instances.dtype)
+    for i, record in enumerate(kept, start=1):
+        new_id[record["id"]] = i
+    instances = new_id[detections.instances]
+    removed = (detections.instances > 0) & (instances == 0)
+    label_maps[-1][removed] = label_maps[0][removed]
+    return Detections(instances=instances, lesions=[{**r, "id": i} for i, r in enumerate(kept, start=1)])

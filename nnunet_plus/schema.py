@@ -9,7 +9,8 @@ The schema lives as a ``"plus"`` block inside nnU-Net's ``dataset.json`` (nnU-Ne
         "benign": ["hemangioma", "cyst"],
         "priority": ["hcc", "icc", "metastasis", "hemangioma", "cyst"],
         "sensitivities": [1, 4],
-        "min_lesion_volume_mm3": 0
+        "min_lesion_volume_mm3": 0,
+        "max_suspicious_per_case": 50
     }
 
 Names refer to keys of the dataset's ``"labels"`` block. nnU-Net requires consecutive integer labels, so a
@@ -35,6 +36,9 @@ PLUS_LESION_TYPES: tuple[str, ...] = (
 PLUS_MALIGNANT: tuple[str, ...] = ("hcc", "icc", "metastasis", "other_malignant")
 PLUS_BENIGN: tuple[str, ...] = ("hemangioma", "fnh", "calcification", "other_benign", "cyst")
 DEFAULT_SENSITIVITIES: tuple[float, ...] = (1.0, 4.0)
+#: Suspicious candidates kept per case: bounds the classifier's work when an under-trained model's f=4 map
+#: breaks into thousands of specks (benchmarks/RESULTS.md, "Stage one on the phantom").
+DEFAULT_MAX_SUSPICIOUS = 50
 
 
 class SchemaError(ValueError):
@@ -59,6 +63,8 @@ class LesionSchema:
     priority : all lesion names, highest classifyPatient priority first.
     sensitivities : multi-sensitivity factors, ascending; the first is the confident tier (normally 1).
     min_lesion_volume_mm3 : detections smaller than this are dropped.
+    max_suspicious_per_case : keep at most this many suspicious candidates per case (those found only at a
+        higher sensitivity), the most probable first; 0 = keep all. Confident lesions are always kept.
     """
 
     labels: Mapping[str, int]
@@ -69,6 +75,7 @@ class LesionSchema:
     priority: tuple[str, ...]
     sensitivities: tuple[float, ...] = DEFAULT_SENSITIVITIES
     min_lesion_volume_mm3: float = 0.0
+    max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS
     dataset_id: str | int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +125,10 @@ class LesionSchema:
                               f"{hint}")
         if self.min_lesion_volume_mm3 < 0:
             raise SchemaError(f"'min_lesion_volume_mm3' must be >= 0; {hint}")
+        if isinstance(self.max_suspicious_per_case, bool) or not isinstance(self.max_suspicious_per_case, int) \
+                or self.max_suspicious_per_case < 0:
+            raise SchemaError(f"'max_suspicious_per_case' must be an integer >= 0 (0 = no limit), got "
+                              f"{self.max_suspicious_per_case!r}; {hint}")
 
     # ---- label-value views (what the array functions take) ----------------------------------------
     @property
@@ -165,6 +176,7 @@ class LesionSchema:
             "priority": list(self.priority),
             "sensitivities": [float(f) for f in self.sensitivities],
             "min_lesion_volume_mm3": float(self.min_lesion_volume_mm3),
+            "max_suspicious_per_case": int(self.max_suspicious_per_case),
         }
 
     @classmethod
@@ -203,6 +215,7 @@ class LesionSchema:
             priority=tuple(block.get("priority", lesions)),
             sensitivities=tuple(float(f) for f in block.get("sensitivities", DEFAULT_SENSITIVITIES)),
             min_lesion_volume_mm3=float(block.get("min_lesion_volume_mm3", 0.0)),
+            max_suspicious_per_case=block.get("max_suspicious_per_case", DEFAULT_MAX_SUSPICIOUS),
             dataset_id=dataset_id,
         )
 
@@ -211,7 +224,7 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
                  lesions: Sequence[str] | None = None, malignant: Sequence[str] | None = None,
                  benign: Sequence[str] | None = None, priority: Sequence[str] | None = None,
                  sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES, min_lesion_volume_mm3: float = 0.0,
-                 dataset_id: str | int | None = None) -> LesionSchema:
+                 max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS, dataset_id: str | int | None = None) -> LesionSchema:
     """Build a schema, filling defaults from the nine PLUS lesion types.
 
     ``lesions`` defaults to every label that is neither background nor liver. ``malignant`` / ``benign``
@@ -237,7 +250,8 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
     return LesionSchema(labels=labels, liver=liver, lesions=lesions, malignant=tuple(malignant),
                         benign=tuple(benign), priority=tuple(priority),
                         sensitivities=tuple(float(f) for f in sensitivities),
-                        min_lesion_volume_mm3=float(min_lesion_volume_mm3), dataset_id=dataset_id)
+                        min_lesion_volume_mm3=float(min_lesion_volume_mm3),
+                        max_suspicious_per_case=max_suspicious_per_case, dataset_id=dataset_id)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

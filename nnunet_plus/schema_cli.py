@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
-from nnunet_plus.schema import SchemaError, build_schema, write_schema
+from nnunet_plus.schema import DEFAULT_MAX_SUSPICIOUS, SchemaError, build_schema, write_schema
 
 
 def dataset_json_paths(dataset: str | int) -> list[Path]:
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sensitivities", nargs="+", type=float, default=[1.0, 4.0],
                         help="multi-sensitivity factors (default: 1 4)")
     parser.add_argument("--min-volume-mm3", type=float, default=0.0, help="drop smaller detections")
+    parser.add_argument("--max-suspicious", type=int, default=DEFAULT_MAX_SUSPICIOUS,
+                        help="suspicious candidates kept per case, most probable first; 0 = all "
+                             f"(default {DEFAULT_MAX_SUSPICIOUS})")
     args = parser.parse_args(argv)
     try:
         files = [args.dataset_json] if args.dataset_json else dataset_json_paths(args.dataset)
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             raise PathError(f"{files[0]} not found")
         block = configure(files, dataset_id=args.dataset, liver=args.liver, lesions=args.lesions,
                           malignant=args.malignant, benign=args.benign, priority=args.priority,
-                          sensitivities=args.sensitivities, min_lesion_volume_mm3=args.min_volume_mm3)
+                          sensitivities=args.sensitivities, min_lesion_volume_mm3=args.min_volume_mm3,
+                          max_suspicious_per_case=args.max_suspicious)
     except (SchemaError, PathError) as exc:
         print(f"nnunet_plus_configure: error: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ def test_defaults_follow_the_plus_lesion_types():
     assert schema.lesion_labels == (2, 3, 4) and schema.priority_labels == (2, 4, 3)
     assert schema.liver_labels == (1,) and schema.num_classes == 5
     assert schema.sensitivities == (1.0, 4.0) and schema.min_lesion_volume_mm3 == 0.0
+    assert schema.max_suspicious_per_case == 50
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,8 @@ def test_defaults_follow_the_plus_lesion_types():
         ({"sensitivities": [4.0, 1.0]}, "ascending"),
         ({"sensitivities": [0.0, 1.0]}, "positive"),
         ({"min_lesion_volume_mm3": -1.0}, "min_lesion_volume_mm3"),
+        ({"max_suspicious_per_case": -1}, "max_suspicious_per_case"),
+        ({"max_suspicious_per_case": 2.5}, "max_suspicious_per_case"),
     ],
 )
 def test_inconsistent_schema_raises_with_fix_hint(options, message):
@@ -88,13 +91,14 @@ def test_configure_cli_on_a_dataset_json(tmp_path, capsys):
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"labels": LABELS, "file_ending": ".nii.gz"}))
     code = main(["--dataset-json", str(path), "--lesions", "hcc", "hemangioma", "cyst", "--malignant", "hcc",
-                 "--benign", "hemangioma", "cyst", "--sensitivities", "1", "3", "--min-volume-mm3", "5"])
+                 "--benign", "hemangioma", "cyst", "--sensitivities", "1", "3", "--min-volume-mm3", "5", "--max-suspicious", "7"])
     assert code == 0
     data = json.loads(path.read_text())
     assert data["file_ending"] == ".nii.gz"
     assert data["plus"] == {"liver": ["liver"], "lesions": ["hcc", "hemangioma", "cyst"], "malignant": ["hcc"],
                             "benign": ["hemangioma", "cyst"], "priority": ["hcc", "hemangioma", "cyst"],
-                            "sensitivities": [1.0, 3.0], "min_lesion_volume_mm3": 5.0}
+                            "sensitivities": [1.0, 3.0], "min_lesion_volume_mm3": 5.0,
+                            "max_suspicious_per_case": 7}
     assert "wrote the 'plus' block" in capsys.readouterr().out
 
 

@@ -73,6 +73,36 @@ def test_minimum_volume_from_the_schema():
     assert analysis.detections.labels() == {1: 2}
 
 
+def _speckled_softmax() -> np.ndarray:
+    """The confident hcc block plus four isolated cyst voxels, suspicious (liver wins at f = 1, cyst at f = 4),
+    with cyst probability 0.21 at (5, 5, 7) and 0.30, 0.20, 0.25 at (5, 7, 2 / 4 / 6)."""
+    probabilities = _softmax(weak_cyst=False)
+    for (y, x), cyst in zip(((5, 7), (7, 2), (7, 4), (7, 6)), (0.21, 0.30, 0.20, 0.25)):
+        probabilities[:, 5, y, x] = [0.01, 0.99 - 0.09 - cyst, 0.09, cyst]
+    return probabilities
+
+
+def test_suspicious_candidates_capped_most_probable_first():
+    probabilities = _speckled_softmax()
+    everything = analyse_case(probabilities, build_schema(LABELS, max_suspicious_per_case=0), spacing=(1, 1, 1))
+    assert [r["tier"] for r in everything.detections.lesions] == ["confident"] + ["suspicious"] * 4
+
+    analysis = analyse_case(probabilities, build_schema(LABELS, max_suspicious_per_case=2), spacing=(1, 1, 1))
+    lesions = analysis.detections.lesions
+    assert [r["id"] for r in lesions] == [1, 2, 3]
+    assert [r["tier"] for r in lesions] == ["confident", "suspicious", "suspicious"]
+    assert [list(r["centroid_voxel"]) for r in lesions[1:]] == [[5.0, 7.0, 2.0], [5.0, 7.0, 6.0]]  # 0.30, 0.25
+    assert [r["max_probability"] for r in lesions[1:]] == pytest.approx([0.39, 0.34], abs=1e-3)  # any lesion
+    instances = analysis.detections.instances
+    assert sorted(np.unique(instances).tolist()) == [0, 1, 2, 3]
+    assert instances[5, 7, 4] == 0 and instances[5, 5, 7] == 0
+    assert analysis.label_maps[-1][5, 7, 4] == 1 and analysis.label_maps[-1][5, 5, 7] == 1   # back to liver
+    assert analysis.label_maps[-1][5, 7, 2] == 3
+    # the confident tier and the patient level do not change
+    assert analysis.base_detections.labels() == everything.base_detections.labels() == {1: 2}
+    assert analysis.patient_class == everything.patient_class == 2
+
+
 def test_wrong_channel_count():
     with pytest.raises(ValueError, match="C=4"):
         analyse_case(np.zeros((3, 2, 2, 2), dtype=np.float32), build_schema(LABELS), spacing=(1.0, 1.0, 1.0))
