@@ -1,13 +1,15 @@
 """Thin variants of nnUNetTrainerPLUS, nnU-Net style: training length, the lesion-focused recipe's lengths and
-a CPU-sized trainer.
+CPU-sized trainers.
 
-``nnUNetTrainerPLUS_cpuTiny*`` are for tests, the demo and smoke tests on a laptop: a network with a few
-features per stage and few iterations. They are NOT for real training, and they learn no phantom lesion
-(benchmarks/RESULTS.md, "Stage one on the phantom"); the lesion-focused recipe is not used here because in
-such short schedules it floods the f = 4 map with thousands of false-positive specks.
+``nnUNetTrainerPLUS_cpuTiny*`` are for tests and smoke runs: a network with a few features per stage, nnU-Net's
+recipe and few iterations; they learn no phantom lesion. ``nnUNetTrainerPLUS_lesionFocus_cpuDemo`` (the CPU
+demo's trainer) adds the lesion-focused recipe and lesion-centred patches, which is what lets ~1000 CPU
+iterations find phantom lesions (benchmarks/RESULTS.md, "Stage one on the phantom"). None of them is for real
+training.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
@@ -111,6 +113,47 @@ class nnUNetTrainerPLUS_lesionFocus_cpuTiny(_CpuTinyNetwork, nnUNetTrainerPLUS_l
         self.num_epochs = 60
         self.num_iterations_per_epoch = 25
         self.num_val_iterations_per_epoch = 2
+
+
+#: the lesion-centred patch as a fraction of the planned patch (z, y, x), before rounding to the network's stride
+LESION_CENTRED_PATCH_FRACTION = (0.67, 0.5, 0.5)
+
+
+def smaller_patch(patch_size, pool_kernel_sizes, fraction) -> list[int]:
+    """``fraction`` x ``patch_size`` per axis, rounded down to a multiple of the network's total stride on that
+    axis (the product of ``pool_kernel_sizes``) and at least one stride."""
+    strides = np.prod(np.asarray(pool_kernel_sizes, dtype=int), axis=0)
+    return [int(max(s, (p * f) // s * s)) for p, s, f in zip(patch_size, strides, fraction)]
+
+
+class _LesionCentredPatches:
+    """Mixin: patches of ``LESION_CENTRED_PATCH_FRACTION`` x the planned patch, every one centred on a labelled
+    voxel (foreground oversampling 1.0: nnU-Net picks one of the labels present in the case, then one of its
+    voxels), so a lesion case gives a lesion-centred patch about every other draw instead of a whole volume
+    in which lesions are ~0.1 % of the voxels. The patch size is written into the plans this trainer saves,
+    so nnU-Net's validation and every later prediction slide the same window."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        patch = smaller_patch(self.configuration_manager.patch_size, self.configuration_manager.pool_op_kernel_sizes,
+                              LESION_CENTRED_PATCH_FRACTION)
+        self.configuration_manager.configuration["patch_size"] = patch
+        self.plans_manager.plans["configurations"][configuration]["patch_size"] = patch
+        self.oversample_foreground_percent = 1.0
+
+
+class nnUNetTrainerPLUS_lesionFocus_cpuDemo(_LesionCentredPatches, _CpuTinyNetwork, nnUNetTrainerPLUS_lesionFocus):
+    """The CPU demo's stage one: the CPU-sized network, the lesion-focused recipe at AdamW lr 3e-3, lesion-centred
+    patches, 20 epochs x 60 iterations (~2.5 min per fold on 2 cores at the demo grid)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 3e-3
+        self.num_epochs = 20
+        self.num_iterations_per_epoch = 60
+        self.num_val_iterations_per_epoch = 4
 
 
 class nnUNetTrainerPLUS_cpuTiny_2epochs(nnUNetTrainerPLUS_cpuTiny):
