@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="patients per batch (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="AdamW learning rate "
                         "(default: %(default)s)")
+    parser.add_argument("--class-weight-power", type=float, default=defaults.class_weight_power,
+                        help="lesion-loss class weights = count ** -power (1 = inverse frequency, 0 = uniform; "
+                             "default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.add_argument("--best-metric", choices=BEST_METRICS, default=defaults.best_metric,
                         help="validation metric of checkpoint_best.pth (default: %(default)s)")
@@ -85,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         device = _device(args.device)
         settings = TrainerSettings(epochs=args.epochs, batch_patients=args.batch_patients, learning_rate=args.lr,
+                                   class_weight_power=args.class_weight_power,
                                    preset=args.preset, fusion=args.fusion, seed=args.seed,
                                    best_metric=args.best_metric)
         name = dataset_name(args.dataset)

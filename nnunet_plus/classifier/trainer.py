@@ -101,6 +101,9 @@ class TrainerSettings:
                              f"{self.weight_decay}")
         if self.best_metric not in BEST_METRICS:
             raise ValueError(f"best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
+        if not 0 <= self.class_weight_power <= 2:
+            raise ValueError(f"class_weight_power must be in [0, 2] (1 = inverse frequency), got "
+                             f"{self.class_weight_power}")
         Augmentation(self.flip_p, self.intensity_scale, self.intensity_shift)
 
     @property

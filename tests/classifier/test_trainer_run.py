@@ -114,7 +114,7 @@ def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatc
     project = cls_helpers.write_project(tmp_path)
     _env(monkeypatch, project)
     assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "-np",
-                 "1", "--quiet"]) == 0
+                 "1", "--lr", "3e-4", "--class-weight-power", "0.5", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "candidate bank: 6 case(s)" in out and "nnU-Net alone   lesion F1 " in out
     fold = project.classifier / "fold_1"
@@ -122,10 +122,11 @@ def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatc
     assert ckpt["val_cases"] == ["cls_003", "cls_004", "cls_005"] and ckpt["bank"]["settings"]["roi_shape"] == [
         16, 64, 64]
     assert ckpt["trainer"]["fusion"] == "gpr" and ckpt["trainer"]["epochs"] == 1
+    assert ckpt["trainer"]["learning_rate"] == 3e-4 and ckpt["trainer"]["class_weight_power"] == 0.5
     assert (fold / "validation" / "summary.json").is_file() and (fold / "progress.png").is_file()
     # --c on a finished fold: nothing to train, the validation is rewritten
     assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "--c",
-                 "--quiet"]) == 0
+                 "--lr", "3e-4", "--class-weight-power", "0.5", "--quiet"]) == 0
 
 
 def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
@@ -145,6 +146,8 @@ def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
         assert main([project.dataset, "3d_fullres", "0", "-device", "cuda"]) == 1
         assert "no CUDA GPU; use -device cpu" in capsys.readouterr().err
     assert main([project.dataset, "3d_fullres", "0", "-device", "tpu"]) == 2  # argparse usage error
+    assert main([project.dataset, "3d_fullres", "0", "-device", "cpu", "--class-weight-power", "-1"]) == 1
+    assert "class_weight_power must be in [0, 2]" in capsys.readouterr().err
 
 
 def test_distill_fusion_and_patient_best_metric(cls_project, cls_helpers, tmp_path):
