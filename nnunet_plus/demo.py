@@ -4,10 +4,11 @@ Steps (each skipped when its outputs exist, so re-running continues where it sto
 
 1. ``nnunet_plus_make_phantom``: a synthetic NCCT cohort (``--cases`` training + ``--test-cases`` test cases) on
    a coarse grid (``DEMO_SHAPE`` at ``DEMO_SPACING``) with lesions ``--conspicuity`` times more conspicuous than
-   realistic NCCT, so that two CPU cores can train both stages in minutes.
+   realistic NCCT and ``DEMO_HEALTHY_FRACTION`` lesion-free subjects, so that two CPU cores can train both
+   stages in minutes.
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
 3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
-4. ``nnUNetv2_train`` on folds 0 and 1 (nnUNetTrainerPLUS_cpuTiny on CPU, the lesion-focused
+4. ``nnUNetv2_train`` on folds 0 and 1 (the lesion-focused recipe: nnUNetTrainerPLUS_lesionFocus_cpuDemo on CPU,
    nnUNetTrainerPLUS_lesionFocus_10epochs on CUDA; resumes with ``--c``).
 5. ``nnunet_plus_train_classifier`` on folds 0 and 1 (tiny preset on CPU; builds the candidate bank first).
 6. ``nnunet_plus_predict`` on the test images twice: nnU-Net alone (``--no-classifier``) and + PLUS.
@@ -34,11 +35,18 @@ DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_LiverPhantom"
 CONFIGURATION = "3d_fullres"
 FOLDS = (0, 1)
-TRAINERS = {"cpu": "nnUNetTrainerPLUS_cpuTiny", "cuda": "nnUNetTrainerPLUS_lesionFocus_10epochs"}
+TRAINERS = {"cpu": "nnUNetTrainerPLUS_lesionFocus_cpuDemo", "cuda": "nnUNetTrainerPLUS_lesionFocus_10epochs"}
 #: the demo cohort's grid (z, y, x): 24 x 64 x 64 voxels of 6 x 5 x 5 mm (144 x 320 x 320 mm)
 DEMO_SHAPE = (24, 64, 64)
 DEMO_SPACING = (6.0, 5.0, 5.0)
-DEMO_CONSPICUITY = 3.0
+DEMO_CONSPICUITY = 5.0
+DEMO_HEALTHY_FRACTION = 0.2
+#: default training cases and PLUS classifier epochs per device (sized for ~10 minutes on 2 CPU cores)
+DEMO_CASES = 48
+CLASSIFIER_EPOCHS = {"cpu": 6, "cuda": 30}
+#: PLUS classifier options per device: the short CPU run takes a larger step and milder class weights than
+#: the paper's recipe (the default, used on CUDA), so that a few epochs on ~40 lesions move it
+CLASSIFIER_OPTIONS = {"cpu": ["--lr", "3e-4", "--class-weight-power", "0.5"], "cuda": []}
 CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
 #: written when stage one gave the classifier nothing to learn from; its text says why
@@ -128,7 +136,7 @@ class Demo:
         self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
                              "--n-test", str(self.n_test), "--out", str(self.raw),
                              "--shape", *map(str, DEMO_SHAPE), "--spacing", *map(str, DEMO_SPACING),
-                             "--conspicuity", str(self.conspicuity),
+                             "--conspicuity", str(self.conspicuity), "--healthy-fraction", str(DEMO_HEALTHY_FRACTION),
                              "-np", str(self.num_processes), "--preview", str(self.workdir / "phantom_preview.png")])
 
     def plan_and_preprocess(self) -> None:
@@ -172,7 +180,8 @@ class Demo:
         self.run(f"classifier_fold{fold}", [
             "nnunet_plus_train_classifier", str(DATASET_ID), CONFIGURATION, str(fold), "-tr", self.trainer,
             "-device", self.device, "--preset", CLASSIFIER_PRESETS[self.device],
-            "--epochs", str(self.classifier_epochs), "-np", str(self.num_processes), *resume])
+            "--epochs", str(self.classifier_epochs), *CLASSIFIER_OPTIONS[self.device], "-np", str(self.num_processes),
+            *resume])
 
     def predict(self, name: str, extra: list[str]) -> None:
         self.run(f"predict_{name}", [
@@ -224,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("nnunet_plus_demo"),
                         help="work folder (default: ./nnunet_plus_demo); nnU-Net's folders are created inside")
     parser.add_argument("-device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--cases", type=int, default=60, help="training cases (default: 60)")
+    parser.add_argument("--cases", type=int, default=DEMO_CASES, help=f"training cases (default: {DEMO_CASES})")
     parser.add_argument("--test-cases", type=int, default=20, help="held-out test cases (default: 20)")
-    parser.add_argument("--classifier-epochs", type=int, default=30, help="PLUS classifier epochs (default: 30)")
+    parser.add_argument("--classifier-epochs", type=int, default=None,
+                        help="PLUS classifier epochs (default: 6 on cpu, 30 on cuda)")
     parser.add_argument("-tr", dest="trainer", default=None,
-                        help="nnU-Net trainer (default: nnUNetTrainerPLUS_cpuTiny on cpu, "
+                        help="nnU-Net trainer (default: nnUNetTrainerPLUS_lesionFocus_cpuDemo on cpu, "
                              "nnUNetTrainerPLUS_lesionFocus_10epochs on cuda; nnUNetTrainerPLUS_cpuTiny_2epochs for a "
                              "smoke test)")
     parser.add_argument("--conspicuity", type=float, default=DEMO_CONSPICUITY,
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
-                classifier_epochs=args.classifier_epochs, num_processes=args.num_processes, trainer=args.trainer,
+                classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device], num_processes=args.num_processes, trainer=args.trainer,
                 conspicuity=args.conspicuity)
     try:
         demo.run_all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,10 +15,48 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.md"
 MAX_OVERLAYS = 4
+#: training-loss lines of nnU-Net's training_log_*.txt and of the PLUS classifier's
+_NNUNET_LOSS = re.compile(r"train_loss (-?\d+(?:\.\d+)?)")
+_CLASSIFIER_LOSS = re.compile(r"epoch \d+: lr \S+, train loss (-?\d+(?:\.\d+)?)")
 
 
 def _relative(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
+
+
+def _loss_first_last(fold_folder: Path, pattern: re.Pattern) -> str:
+    """"first -> last" training loss over the fold's training logs (oldest first), or "n/a"."""
+    values = [float(m.group(1)) for log in sorted(fold_folder.glob("training_log*.txt"))
+              for m in pattern.finditer(log.read_text())]
+    return f"{values[0]:.3f} -> {values[-1]:.3f} ({len(values)} epochs)" if values else "n/a"
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _learning_table(demo: "Demo") -> list[str]:
+    """Per fold and stage: training loss first -> last epoch and the fold's validation lesion figures."""
+    lines = ["| stage | fold | training loss | validation (held-out fold) |", "| --- | --- | --- | --- |"]
+    for fold_folder in sorted(demo.model_folder.glob("fold_*")):
+        summary = fold_folder / "validation" / "plus_summary.json"
+        result = "n/a"
+        if summary.is_file():
+            lesion = json.loads(summary.read_text())["tiers"]["confident"]["lesion_level"]
+            result = (f"f = 1 lesion F1 {_percent(lesion['f1'])}, recall {_percent(lesion['recall'])}, found "
+                      f"regardless of type {_percent(lesion['recall_rough'])}")
+        lines.append(f"| nnU-Net | {fold_folder.name} | {_loss_first_last(fold_folder, _NNUNET_LOSS)} | {result} |")
+    for fold_folder in sorted(demo.classifier_folder.glob("fold_*")):
+        summary = fold_folder / "validation" / "summary.json"
+        result = "n/a"
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            alone, plus = data["nnunet"]["lesion_level"], data["nnunet+plus"]["lesion_level"]
+            result = (f"lesion F1 {_percent(alone['f1'])} (nnU-Net alone) -> {_percent(plus['f1'])} (+ PLUS), "
+                      f"precision {_percent(alone['precision'])} -> {_percent(plus['precision'])}")
+        lines.append(f"| PLUS classifier | {fold_folder.name} | {_loss_first_last(fold_folder, _CLASSIFIER_LOSS)} "
+                     f"| {result} |")
+    return lines
 
 
 def _classifier_figures(demo: "Demo") -> list[str]:
@@ -63,7 +102,7 @@ def write_report(demo: "Demo") -> Path:
     ]
     for png in sorted((demo.evaluation / "plots").glob("*.png")):
         lines.append(f"![{png.stem}]({_relative(png, demo.workdir)})")
-    lines += ["", "## Training", ""]
+    lines += ["", "## Training", "", *_learning_table(demo), ""]
     for fold_folder in sorted(demo.model_folder.glob("fold_*")):
         progress = fold_folder / "progress.png"
         if progress.is_file():

@@ -27,6 +27,10 @@ def test_demo_runs_every_step_and_writes_the_report(demo_run):
     assert list(timings) == STEPS
     report = (workdir / "report.md").read_text()
     assert "nnU-Net alone" in report and "nnU-Net + PLUS" in report
+    # what each stage learned: first -> last training loss from the real logs, validation figures per fold
+    for fold in ("fold_0", "fold_1"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| nnU-Net | {fold} | "))
+        assert "(2 epochs)" in row and "f = 1 lesion F1" in row
     summary = json.loads((workdir / "evaluation" / "summary.json").read_text())
     assert summary["meta"]["n_cases"] == 2
     for name in ("nnunet", "plus"):
