@@ -4,9 +4,8 @@ Three ways to get from a folder of CTs to results, each run as its own command (
 command; peak memory of its process tree = summed PSS, i.e. shared library pages counted once, sampled every
 50 ms):
 
-1. ``nnunet_plus_predict``: full pipeline (nnU-Net, multi-sensitivity, seg2det, LiverMax; label map,
-   instance map and JSON per case, tables) - with the PLUS classifier only when one is trained (this
-   benchmark trains none: see the printed note);
+1. ``nnunet_plus_predict``: full pipeline (nnU-Net, multi-sensitivity, seg2det, LiverMax, the PLUS
+   classifier on every candidate; label map, instance map and JSON per case, tables);
 2. ``nnUNetv2_predict``: nnU-Net's segmentation only;
 3. naive: ``nnUNetv2_predict --save_probabilities`` and then a script running our post-processing on each
    ``.npz`` (``analyse_case`` + JSON), what a user would write without nnunet_plus_predict.
@@ -14,9 +13,10 @@ command; peak memory of its process tree = summed PSS, i.e. shared library pages
 Targets: time(1) <= 1.15 x time(2), time(1) <= 0.6 x time(3), peak memory(1) <= 1.2 x peak memory(2).
 
 Setup (cached in ``--workdir``): a phantom cohort (``nnunet_plus.phantom``) at the training grid, nnU-Net
-planning / preprocessing and one fold of the CPU trainer variant (``nnUNetTrainerPLUS_cpuTiny_2epochs`` by
-default: same network and inference cost as ``nnUNetTrainerPLUS_cpuTiny``, trained in a minute); the test
-cases are a second phantom cohort
+planning / preprocessing, folds 0 and 1 of the CPU trainer variant (``nnUNetTrainerPLUS_cpuTiny_2epochs`` by
+default: same network and inference cost as ``nnUNetTrainerPLUS_cpuTiny``, trained in a minute) and fold 0 of
+the PLUS classifier (``--classifier-preset``, ``--classifier-epochs``; fold 1 of nnU-Net gives it out-of-fold
+candidates; ``--no-classifier`` skips it); the test cases are a second phantom cohort
 covering the same field of view on a finer grid (CT-like: the network runs at the planned spacing, the
 outputs are written at the input's).
 
@@ -133,14 +133,23 @@ def setup(workdir: Path, args, env: dict) -> Path:
                              out_dir=raw, num_processes=2, quiet=True)
     model = next((workdir / "results").glob(f"Dataset{TRAIN_ID}_*/{args.trainer}__nnUNetPlans__3d_fullres"), None) \
         if (workdir / "results").is_dir() else None
-    if model is None or not (model / "fold_0" / "checkpoint_final.pth").is_file():
-        log = workdir / "setup.log"
-        for command in ([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_ID), "-c", "3d_fullres",
-                         "-np", "2"],
-                        [str(bin_dir / "nnUNetv2_train"), str(TRAIN_ID), "3d_fullres", "0", "-tr", args.trainer,
-                         "-device", "cpu"]):
+    log = workdir / "setup.log"
+    if model is None or not all((model / f"fold_{f}" / "checkpoint_final.pth").is_file() for f in (0, 1)):
+        commands = [[str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(TRAIN_ID), "-c", "3d_fullres",
+                     "-np", "2"]] if model is None else []
+        commands += [[str(bin_dir / "nnUNetv2_train"), str(TRAIN_ID), "3d_fullres", str(fold), "-tr", args.trainer,
+                      "-device", "cpu"] for fold in (0, 1)]
+        for command in commands:
             print("setup:", " ".join(command), flush=True)
             measure(command, env, log.with_suffix(f".{Path(command[0]).name}.log"))
+            if "plan_and_preprocess" in command[0]:
+                write_two_fold_split(workdir)
+    if not args.no_classifier and not classifier_checkpoint(workdir, args).is_file():
+        command = [str(bin_dir / "nnunet_plus_train_classifier"), str(TRAIN_ID), "3d_fullres", "0", "-tr",
+                   args.trainer, "-device", "cpu", "--preset", args.classifier_preset, "--epochs",
+                   str(args.classifier_epochs), "--quiet"]
+        print("setup:", " ".join(command), flush=True)
+        measure(command, env, log.with_suffix(".classifier.log"))
     test = next(raw.glob(f"Dataset{TEST_ID}_*"), None)
     fov = [n * s for n, s in zip(args.train_shape, args.train_spacing)]
     spacing = [f / n for f, n in zip(fov, args.shape)]
@@ -154,6 +163,23 @@ def setup(workdir: Path, args, env: dict) -> Path:
     if len(list(images.glob("*_0000.nii.gz"))) != args.n_cases:
         raise RuntimeError(f"{images} does not hold {args.n_cases} cases; delete {test} and rerun")
     return images
+
+
+def write_two_fold_split(workdir: Path) -> None:
+    """Folds 0 and 1 split the training cases in two, so that their validations give every case an out-of-fold
+    softmax for the classifier's candidate bank."""
+    from nnunet_plus.schema import write_json_atomic
+
+    raw = next((workdir / "raw").glob(f"Dataset{TRAIN_ID}_*"))
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz"))
+    write_json_atomic(workdir / "preprocessed" / raw.name / "splits_final.json",
+                      [{"train": cases[1::2], "val": cases[0::2]}, {"train": cases[0::2], "val": cases[1::2]}])
+
+
+def classifier_checkpoint(workdir: Path, args) -> Path:
+    """Where fold 0 of the benchmark's PLUS classifier lives (nnunet_plus_train_classifier's layout)."""
+    folder = next((workdir / "results").glob(f"Dataset{TRAIN_ID}_*"))
+    return folder / f"PLUSClassifier__{args.trainer}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
 
 
 # ---- the naive second step ----------------------------------------------------------------------------------
@@ -220,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainer", default="nnUNetTrainerPLUS_cpuTiny_2epochs",
                         help="CPU trainer variant (default: the 2-epoch one: the network's cost per case does not "
                              "depend on how long it was trained)")
+    parser.add_argument("--classifier-preset", choices=("tiny", "paper"), default="tiny",
+                        help="PLUS classifier preset (default tiny, the CPU size)")
+    parser.add_argument("--classifier-epochs", type=int, default=2, help="PLUS classifier epochs (default 2)")
+    parser.add_argument("--no-classifier", action="store_true", help="run nnunet_plus_predict without a classifier")
     parser.add_argument("-npp", type=int, default=2, help="-npp for every command (default 2)")
     parser.add_argument("-nps", type=int, default=2, help="-nps for every command (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per method, the fastest is kept")
@@ -243,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     bin_dir = Path(python).parent
     methods = {
         "nnunet_plus_predict": [[python, "-m", "nnunet_plus.predict.cli", *common, "-o", "{out}",
-                                 "--disable_progress_bar"]],
+                                 "--disable_progress_bar", *(["--no-classifier"] if args.no_classifier else [])]],
         "nnUNetv2_predict": [[str(bin_dir / "nnUNetv2_predict"), *common, "-o", "{out}", "--disable_progress_bar"]],
         "naive (nnUNetv2_predict --save_probabilities + post-processing)": [
             [str(bin_dir / "nnUNetv2_predict"), *common, "-o", "{out}", "--save_probabilities",
@@ -273,17 +303,28 @@ def main(argv: list[str] | None = None) -> int:
     ours, nnunet, naive = (results[name] for name in methods)
     ratios = {"time_vs_nnunet": ours[0] / nnunet[0], "time_vs_naive": ours[0] / naive[0],
               "memory_vs_nnunet": ours[1] / nnunet[1]}
-    n_lesions = sum(len(json.loads(p.read_text())["lesions"])
-                    for p in (workdir / "outputs" / "method0").glob("*.json") if p.name != "nnunet_plus_predict.json")
+    records = [json.loads(p.read_text()) for p in (workdir / "outputs" / "method0").glob("*.json")
+               if p.name != "nnunet_plus_predict.json"]
+    n_lesions = sum(len(r["lesions"]) for r in records)
+    n_candidates = sum(len(r["lesions"]) + len(r.get("rejected", [])) for r in records)
+    if args.no_classifier:
+        classifier = ("No PLUS classifier (`--no-classifier`): nnunet_plus_predict reports nnU-Net's lesions "
+                      "(the classifier's cost is measured by bench_classifier.py).")
+    else:
+        if not all(r.get("classifier") for r in records):
+            raise RuntimeError("nnunet_plus_predict did not use the PLUS classifier; see the method0 logs")
+        classifier = (f"PLUS classifier fold 0 ({args.classifier_preset} preset, {args.classifier_epochs} epochs) "
+                      f"on all {n_candidates} candidates (f = 4, capped per case), {n_lesions} kept.")
     lines = [SECTION, "",
              f"Command: `python benchmarks/bench_predict.py --n-cases {args.n_cases} --shape {' '.join(map(str, args.shape))}"
-             f" --trainer {args.trainer} -npp {args.npp} -nps {args.nps} --repeats {args.repeats}`",
+             f" --trainer {args.trainer} -npp {args.npp} -nps {args.nps} --repeats {args.repeats}"
+             + (" --no-classifier`" if args.no_classifier else f" --classifier-preset {args.classifier_preset}"
+                f" --classifier-epochs {args.classifier_epochs}`"),
              f"Machine: {machine()}; 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the runs "
-             "(other jobs shared the machine: the fastest of the repeats is kept)",
+             f"(the benchmark's own processes included); {args.repeats} run(s) per method, the fastest kept",
              f"Data: {args.n_cases} phantom CTs of {' x '.join(map(str, args.shape))} voxels (network at "
              f"{' x '.join(map(str, args.train_shape))}, planned spacing), {args.trainer} fold 0, CPU, "
-             f"{n_lesions} reported lesions in total. No PLUS classifier trained here: nnunet_plus_predict reports "
-             "nnU-Net's lesions (the classifier's cost is measured by bench_classifier.py).",
+             f"{n_lesions} reported lesions in total. {classifier}",
              "", "| method | wall time (s) | peak memory (MiB, PSS of the process tree) |", "| --- | ---: | ---: |"]
     for name, (seconds, memory) in results.items():
         lines.append(f"| {name} | {seconds:.1f} | {memory / 2 ** 20:.0f} |")
