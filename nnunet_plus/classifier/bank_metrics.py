@@ -1,8 +1,8 @@
 """Lesion- and patient-level scores of classifier decisions computed on candidate-bank arrays (no volumes).
 
-The trainer scores every epoch with these, cheaply: the refinement rule of
-:mod:`nnunet_plus.predict.refine` (a candidate is reported unless "not a lesion" is its arg-max, with the
-arg-max lesion class) applied to the bank's candidates, then the matching of
+The trainer scores every epoch with these, cheaply: the refinement rule :func:`decide`, shared with
+:mod:`nnunet_plus.predict.refine` (a candidate is reported when its lesion types together outweigh "not a
+lesion", with its most probable type as class) applied to the bank's candidates, then the matching of
 :func:`~nnunet_plus.postprocessing.match.match_lesions` ("overlap" criterion: one-to-one assignment
 maximising the shared voxels, among the reported candidates and the reference lesions) replayed on the
 bank's stored ``overlap`` table. Reference lesions below ``min_volume_mm3`` are ignored as in
@@ -25,13 +25,17 @@ __all__ = ["case_lesion_counts", "decide", "nnunet_lesion_metrics", "score_cases
 
 
 def decide(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(reported (N,) bool, class (N,) int64)`` of an ``(N, L + 1)`` table: a candidate is reported unless
-    the last column ("not a lesion") is its arg-max; its class is the arg-max (ties: lowest index)."""
+    """``(reported (N,) bool, class (N,) int64)`` of an ``(N, L + 1)`` table (L lesion types, then "not a
+    lesion"): a candidate is reported when its lesion types together are more probable than "not a lesion"
+    (a detection decision first, so that lesion mass split over similar types does not reject a lesion), with
+    its most probable lesion type as class (ties: lowest index); a rejected one gets class L."""
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2 or probabilities.shape[1] < 2:
         raise ValueError(f"probabilities must be (N, L + 1), got shape {probabilities.shape}")
-    best = np.argmax(probabilities, axis=1).astype(np.int64)
-    return best < probabilities.shape[1] - 1, best
+    not_a_lesion = probabilities.shape[1] - 1
+    reported = probabilities[:, :not_a_lesion].sum(axis=1) > probabilities[:, not_a_lesion]
+    best_type = np.argmax(probabilities[:, :not_a_lesion], axis=1).astype(np.int64)
+    return reported, np.where(reported, best_type, not_a_lesion).astype(np.int64)
 
 
 def case_lesion_counts(bank: CaseBank, reported: np.ndarray, classes: np.ndarray, *,

@@ -9,9 +9,10 @@ How the reported lesions are decided
   nnU-Net's class (seg2det's voxel vote); its ``probability`` is the nnU-Net prior of that class (mean softmax
   over the lesion). Tier ``"confident"``.
 * **with the classifier**: the candidates are the detections at the *highest* sensitivity (tiers
-  ``"confident"`` / ``"suspicious"``). The class of a candidate is the argmax of its PLUS probabilities
-  (lesion types + ``not_a_lesion``, fold ensemble); the candidate is **rejected** when ``not_a_lesion`` is the
-  argmax. Its ``probability`` is the PLUS probability of its class.
+  ``"confident"`` / ``"suspicious"``). From its PLUS probabilities (lesion types + ``not_a_lesion``, fold
+  ensemble) a candidate is **rejected** when ``not_a_lesion`` outweighs all lesion types together, else it is
+  reported with its most probable lesion type (:func:`nnunet_plus.classifier.bank_metrics.decide`, the rule
+  the classifier is validated with). Its ``probability`` is the PLUS probability of its class.
 * In both modes a lesion whose ``probability`` is below ``min_probability`` (``--min-probability``, default 0:
   off) is rejected as well.
 
@@ -29,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from nnunet_plus.classifier.bank_metrics import decide
 from nnunet_plus.predict.inputs import Geometry
 from nnunet_plus.schema import LesionSchema
 
@@ -136,8 +138,8 @@ class CaseRefiner:
                 row = np.asarray(plus.lesion_probabilities[index], dtype=np.float64)
                 out["tier"] = rec.get("tier", "confident")
                 out["plus"] = {n: float(p) for n, p in zip([*names, NOT_A_LESION], row)}
-                best = int(np.argmax(row))
-                is_lesion = best < len(names)
+                reported_flags, classes = decide(row[None])
+                is_lesion, best = bool(reported_flags[0]), int(classes[0])
                 label = labels[best] if is_lesion else int(rec["label"])
                 probability = float(row[best]) if is_lesion else 1.0 - float(row[-1])
             out["label"] = label

@@ -75,6 +75,9 @@ def test_decide_and_case_counts_by_hand(cls_project):
     table = np.array([[0.7, 0.1, 0.2], [0.1, 0.2, 0.7], [0.2, 0.6, 0.2], [0.5, 0.5, 0.0]])
     reported, classes = decide(table)
     assert reported.tolist() == [True, False, True, True] and classes.tolist() == [HCC, NOT, CYST, HCC]
+    # lesion mass split over the types still outweighs "not a lesion" (0.6 > 0.4): reported, not rejected
+    split = decide(np.array([[0.3, 0.3, 0.4], [0.25, 0.25, 0.5], [0.1, 0.45, 0.45]]))
+    assert split[0].tolist() == [True, False, True] and split[1].tolist() == [HCC, NOT, CYST]
     # all three reported ones match their reference with the right class; the missed cyst D is a FN
     assert case_lesion_counts(bank, reported, classes) == {"tp": 3, "fl": 0, "fp": 0, "fn": 1}
     # nnU-Net's own candidate classes, all reported: the FP stays, B is a false label
