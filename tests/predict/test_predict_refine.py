@@ -77,6 +77,17 @@ def test_without_classifier_reports_base_lesions_with_nnunet_prior():
     assert result.record["rejected"] == []
 
 
+def test_lesion_mass_split_over_types_is_reported_not_rejected():
+    """0.30 hcc + 0.25 cyst outweigh 0.45 "not a lesion" although the latter is the single largest value."""
+    classifier = FakeClassifier(row_a=[0.30, 0.25, 0.45], row_b=[0.1, 0.2, 0.7])  # hcc, cyst, not_a_lesion
+    result = CaseRefiner(SCHEMA, classifier=classifier).refine("c", _image(), _softmax(), GEOMETRY)
+    (lesion,) = result.record["lesions"]
+    assert lesion["class"] == "hcc" and lesion["probability"] == pytest.approx(0.30)
+    (rejected,) = result.record["rejected"]
+    assert rejected["rejected_by"] == "not_a_lesion"
+    assert rejected["probability"] == pytest.approx(0.3)  # 1 - P(not a lesion)
+
+
 def test_classifier_rejects_not_a_lesion_and_relabels_candidates():
     classifier = FakeClassifier(row_a=[0.2, 0.1, 0.7], row_b=[0.6, 0.3, 0.1])  # hcc, cyst, not_a_lesion
     result = CaseRefiner(SCHEMA, classifier=classifier).refine("c", _image(), _softmax(), GEOMETRY)
