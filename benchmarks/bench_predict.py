@@ -168,12 +168,12 @@ def setup(workdir: Path, args, env: dict) -> Path:
 def write_two_fold_split(workdir: Path) -> None:
     """Folds 0 and 1 split the training cases in two, so that their validations give every case an out-of-fold
     softmax for the classifier's candidate bank."""
+    from nnunet_plus.classifier.splits import two_fold_split
     from nnunet_plus.schema import write_json_atomic
 
     raw = next((workdir / "raw").glob(f"Dataset{TRAIN_ID}_*"))
-    cases = sorted(p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz"))
-    write_json_atomic(workdir / "preprocessed" / raw.name / "splits_final.json",
-                      [{"train": cases[1::2], "val": cases[0::2]}, {"train": cases[0::2], "val": cases[1::2]}])
+    cases = [p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz")]
+    write_json_atomic(workdir / "preprocessed" / raw.name / "splits_final.json", two_fold_split(cases))
 
 
 def classifier_checkpoint(workdir: Path, args) -> Path:
@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not all(r.get("classifier") for r in records):
             raise RuntimeError("nnunet_plus_predict did not use the PLUS classifier; see the method0 logs")
-        classifier = (f"PLUS classifier fold 0 ({args.classifier_preset} preset, {args.classifier_epochs} epochs) "
-                      f"on all {n_candidates} candidates (f = 4, capped per case), {n_lesions} kept.")
+        classifier = (f"PLUS classifier fold 0 ({args.classifier_preset} preset, {args.classifier_epochs} "
+                      f"epochs) on all {n_candidates} candidates (f = 4, capped per case), {n_lesions} kept.")
     lines = [SECTION, "",
              f"Command: `python benchmarks/bench_predict.py --n-cases {args.n_cases} --shape {' '.join(map(str, args.shape))}"
              f" --trainer {args.trainer} -npp {args.npp} -nps {args.nps} --repeats {args.repeats}"

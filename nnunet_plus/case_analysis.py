@@ -1,8 +1,9 @@
 """One case from softmax to lesions and patient diagnosis, driven by the lesion schema.
 
 multi-sensitivity label maps -> seg2det at the base and the highest sensitivity -> tiers (Det_same /
-Det_diff) -> at most ``schema.max_suspicious_per_case`` suspicious candidates -> LiverMax on the base label map -> patient probabilities and classifyPatient on the base
-detections (nnU-Net's own segmentation, the cascaded paper's "Base" model).
+Det_diff) -> at most ``schema.max_suspicious_per_case`` suspicious candidates -> LiverMax on the base label
+map -> patient probabilities and classifyPatient on the base detections (nnU-Net's own segmentation, the
+cascaded paper's "Base" model).
 """
 from __future__ import annotations
 

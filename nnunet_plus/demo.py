@@ -136,7 +136,8 @@ class Demo:
         self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
                              "--n-test", str(self.n_test), "--out", str(self.raw),
                              "--shape", *map(str, DEMO_SHAPE), "--spacing", *map(str, DEMO_SPACING),
-                             "--conspicuity", str(self.conspicuity), "--healthy-fraction", str(DEMO_HEALTHY_FRACTION),
+                             "--conspicuity", str(self.conspicuity),
+                             "--healthy-fraction", str(DEMO_HEALTHY_FRACTION),
                              "-np", str(self.num_processes), "--preview", str(self.workdir / "phantom_preview.png")])
 
     def plan_and_preprocess(self) -> None:
@@ -144,9 +145,10 @@ class Demo:
                                          "-np", str(self.num_processes)])
 
     def write_two_fold_split(self) -> None:
-        cases = sorted(p.name[: -len(".nii.gz")] for p in (self.dataset_raw / "labelsTr").glob("*.nii.gz"))
-        splits = [{"train": cases[1::2], "val": cases[0::2]}, {"train": cases[0::2], "val": cases[1::2]}]
-        write_json_atomic(self.preprocessed / DATASET_NAME / "splits_final.json", splits)
+        from nnunet_plus.classifier.splits import two_fold_split
+
+        cases = [p.name[: -len(".nii.gz")] for p in (self.dataset_raw / "labelsTr").glob("*.nii.gz")]
+        write_json_atomic(self.preprocessed / DATASET_NAME / "splits_final.json", two_fold_split(cases))
 
     def train_fold(self, fold: int) -> None:
         resume = ["--c"] if (self.model_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
@@ -258,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
-                classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device], num_processes=args.num_processes, trainer=args.trainer,
-                conspicuity=args.conspicuity)
+                classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device],
+                num_processes=args.num_processes, trainer=args.trainer, conspicuity=args.conspicuity)
     try:
         demo.run_all()
     except DemoError as exc:

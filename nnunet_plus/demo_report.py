@@ -45,7 +45,8 @@ def _learning_table(demo: "Demo") -> list[str]:
             lesion = json.loads(summary.read_text())["tiers"]["confident"]["lesion_level"]
             result = (f"f = 1 lesion F1 {_percent(lesion['f1'])}, recall {_percent(lesion['recall'])}, found "
                       f"regardless of type {_percent(lesion['recall_rough'])}")
-        lines.append(f"| nnU-Net | {fold_folder.name} | {_loss_first_last(fold_folder, _NNUNET_LOSS)} | {result} |")
+        loss = _loss_first_last(fold_folder, _NNUNET_LOSS)
+        lines.append(f"| nnU-Net | {fold_folder.name} | {loss} | {result} |")
     for fold_folder in sorted(demo.classifier_folder.glob("fold_*")):
         summary = fold_folder / "validation" / "summary.json"
         result = "n/a"

@@ -224,7 +224,8 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
                  lesions: Sequence[str] | None = None, malignant: Sequence[str] | None = None,
                  benign: Sequence[str] | None = None, priority: Sequence[str] | None = None,
                  sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES, min_lesion_volume_mm3: float = 0.0,
-                 max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS, dataset_id: str | int | None = None) -> LesionSchema:
+                 max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS,
+                 dataset_id: str | int | None = None) -> LesionSchema:
     """Build a schema, filling defaults from the nine PLUS lesion types.
 
     ``lesions`` defaults to every label that is neither background nor liver. ``malignant`` / ``benign``

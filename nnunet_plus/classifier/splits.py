@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["FoldCases", "SplitError", "check_bank_for_fold", "fold_cases", "load_splits", "softmax_fold"]
+__all__ = ["FoldCases", "SplitError", "check_bank_for_fold", "fold_cases", "load_splits", "softmax_fold",
+           "two_fold_split"]
 
 _FOLD_DIR = re.compile(r"fold_(\d+)")
 
@@ -35,6 +36,13 @@ class FoldCases:
     fold: int
     train: tuple[str, ...]
     val: tuple[str, ...]
+
+
+def two_fold_split(case_ids: Sequence[str]) -> list[dict[str, list[str]]]:
+    """A 2-fold ``splits_final.json`` content over the sorted ``case_ids`` (alternate cases): the validations of
+    folds 0 and 1 give every case an out-of-fold softmax from only two trainings."""
+    cases = sorted(case_ids)
+    return [{"train": cases[1::2], "val": cases[0::2]}, {"train": cases[0::2], "val": cases[1::2]}]
 
 
 def load_splits(path: str | os.PathLike) -> list[dict[str, list[str]]]:

@@ -122,6 +122,8 @@ class CaseRefiner:
         names = list(schema.lesions)
         labels = list(schema.lesion_labels)
         detections = analysis.base_detections if plus is None else analysis.detections
+        table = None if plus is None else np.asarray(plus.lesion_probabilities, dtype=np.float64)
+        flags, classes = (None, None) if table is None else decide(table)
         reported, rejected = [], []
         for index, rec in enumerate(detections.lesions):
             prior_by_name = {n: float(p) for n, p in zip(names, rec["prior"])}
@@ -135,11 +137,10 @@ class CaseRefiner:
                 probability = prior_by_name[schema.label_name(label)]
                 is_lesion = True
             else:
-                row = np.asarray(plus.lesion_probabilities[index], dtype=np.float64)
+                row = table[index]
                 out["tier"] = rec.get("tier", "confident")
                 out["plus"] = {n: float(p) for n, p in zip([*names, NOT_A_LESION], row)}
-                reported_flags, classes = decide(row[None])
-                is_lesion, best = bool(reported_flags[0]), int(classes[0])
+                is_lesion, best = bool(flags[index]), int(classes[index])
                 label = labels[best] if is_lesion else int(rec["label"])
                 probability = float(row[best]) if is_lesion else 1.0 - float(row[-1])
             out["label"] = label

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from nnunet_plus.classifier.splits import SplitError, check_bank_for_fold, fold_cases, load_splits, softmax_fold
+from nnunet_plus.classifier.splits import (SplitError, check_bank_for_fold, fold_cases, load_splits, softmax_fold,
+                                          two_fold_split)
 
 # 3 folds of 6 cases; each case's softmax comes from the fold that validates it
 SPLITS = [{"train": ["c2", "c3", "c4", "c5"], "val": ["c0", "c1"]},
@@ -76,3 +77,10 @@ def test_load_splits(tmp_path):
         load_splits(path)
     path.write_text(json.dumps(SPLITS))
     assert load_splits(path) == SPLITS
+
+
+def test_two_fold_split_alternates_the_sorted_cases():
+    splits = two_fold_split(["c3", "c0", "c2", "c1", "c4"])
+    assert splits == [{"train": ["c1", "c3"], "val": ["c0", "c2", "c4"]},
+                      {"train": ["c0", "c2", "c4"], "val": ["c1", "c3"]}]
+    assert fold_cases(splits, 1).val == ("c1", "c3")
