@@ -97,10 +97,11 @@ class Demo:
         log = self.logs / f"{step}.log"
         command = [self._command(args[0]), *args[1:]]
         print(f"\n=== [{step}] {' '.join(command)}", flush=True)
-        with open(log, "a") as fh:
+        with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"$ {' '.join(command)}\n")
+            # the children print UTF-8 progress bars whatever this process's locale says
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1)
+                                       text=True, encoding="utf-8", errors="replace", bufsize=1)
             for line in process.stdout:
                 fh.write(line)
                 sys.stdout.write(line)
