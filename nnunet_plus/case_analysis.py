@@ -1,9 +1,16 @@
 """One case from softmax to lesions and patient diagnosis, driven by the lesion schema.
 
-multi-sensitivity label maps -> seg2det at the base and the highest sensitivity -> tiers (Det_same /
-Det_diff) -> at most ``schema.max_suspicious_per_case`` suspicious candidates -> LiverMax on the base label
+multi-sensitivity label maps -> seg2det at the base and the highest sensitivity -> the candidates of the
+second stage -> at most ``schema.max_suspicious_per_case`` suspicious candidates -> LiverMax on the base label
 map -> patient probabilities and classifyPatient on the base detections (nnU-Net's own segmentation, the
 cascaded paper's "Base" model).
+
+The candidates (:func:`merge_candidates`) are nnU-Net's own lesions first: every lesion of the base (f = 1)
+map is a ``"confident"`` candidate with its own voxels, class and prior (the cascaded paper's Det_same,
+but not grown to its f = 4 extent); then every lesion of the highest-sensitivity map that touches no base
+lesion is a ``"suspicious"`` candidate (Det_diff). So a second stage that keeps the confident candidates with
+their class and drops the suspicious ones reproduces nnU-Net alone voxel for voxel (the guard of
+:mod:`nnunet_plus.classifier.operating_point`).
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from nnunet_plus.postprocessing.multi_sensitivity import is_torch_tensor, multi_
 from nnunet_plus.postprocessing.seg2det import Detections, seg2det
 from nnunet_plus.schema import LesionSchema
 
-__all__ = ["CaseAnalysis", "analyse_case", "keep_top_suspicious"]
+__all__ = ["CaseAnalysis", "analyse_case", "keep_top_suspicious", "merge_candidates"]
 
 
 @dataclass
@@ -29,8 +36,8 @@ class CaseAnalysis:
     Attributes
     ----------
     label_maps : (k, Z, Y, X) uint8, one label map per schema sensitivity (ascending).
-    detections : lesions at the highest sensitivity (the candidates); every record has a ``"tier"``:
-        ``"confident"`` if it overlaps a lesion found at the first sensitivity, else ``"suspicious"``.
+    detections : the candidates (:func:`merge_candidates`): the base lesions (``"tier": "confident"``) then
+        the highest-sensitivity lesions touching none of them (``"suspicious"``), ids 1..N in that order.
     base_detections : lesions at the first sensitivity.
     livermax : lesion label -> LiverMax probability (max softmax over the base map's liver region).
     patient : ``{"tumor", "malignant", "benign"}`` probabilities derived from ``livermax``.
@@ -104,11 +111,9 @@ def analyse_case(probabilities, schema: LesionSchema, *, image=None, spacing: Se
     options = dict(priority=schema.priority_labels, probabilities=probabilities, image=image, spacing=spacing,
                    origin=origin, direction=direction, connectivity=connectivity,
                    min_volume_mm3=schema.min_lesion_volume_mm3)
-    detections = seg2det(label_maps[-1], lesion_labels, **options)
-    base = detections if len(label_maps) == 1 else seg2det(label_maps[0], lesion_labels, **options)
-    tiers = assign_tiers(base.instances, detections.instances)
-    for record in detections.lesions:
-        record["tier"] = tiers[record["id"]]
+    base = seg2det(label_maps[0], lesion_labels, **options)
+    highest = base if len(label_maps) == 1 else seg2det(label_maps[-1], lesion_labels, **options)
+    detections = merge_candidates(base, highest)
     detections = keep_top_suspicious(detections, label_maps, schema.max_suspicious_per_case)
     livermax = liver_max(probabilities, label_maps[0], liver_labels=schema.liver_labels,
                          lesion_labels=lesion_labels, spacing=spacing, dilate_mm=dilate_mm)
@@ -119,6 +124,30 @@ def analyse_case(probabilities, schema: LesionSchema, *, image=None, spacing: Se
                         livermax=livermax, patient=patient, patient_class=patient_class,
                         sensitivities=tuple(float(f) for f in schema.sensitivities),
                         spacing=tuple(float(s) for s in spacing))
+
+
+def merge_candidates(base: Detections, highest: Detections) -> Detections:
+    """The second stage's candidates: every ``base`` lesion (tier ``"confident"``), then every ``highest``
+    lesion that shares no voxel with a base lesion (tier ``"suspicious"``), renumbered 1..N in that order.
+
+    ``base`` / ``highest``: seg2det of the first and of the highest-sensitivity label map (same grid). The
+    inputs are not modified. A base lesion keeps its own voxels, label and properties.
+    """
+    if base.instances.shape != highest.instances.shape:
+        raise ValueError(f"instance maps differ in shape: {base.instances.shape} vs {highest.instances.shape}")
+    tiers = assign_tiers(base.instances, highest.instances)
+    suspicious = [r for r in highest.lesions if tiers[r["id"]] == "suspicious"]
+    instances = np.array(base.instances, dtype=np.int32, copy=True)
+    lesions = [{**r, "tier": "confident"} for r in base.lesions]
+    lut = np.zeros(max((r["id"] for r in highest.lesions), default=0) + 1, dtype=np.int32)
+    for offset, record in enumerate(suspicious, start=len(lesions) + 1):
+        lut[record["id"]] = offset
+        lesions.append({**record, "id": offset, "tier": "suspicious"})
+    if suspicious:
+        moved = lut[highest.instances]
+        inside = moved > 0
+        instances[inside] = moved[inside]
+    return Detections(instances=instances, lesions=lesions)
 
 
 def keep_top_suspicious(detections: Detections, label_maps: np.ndarray, limit: int) -> Detections:

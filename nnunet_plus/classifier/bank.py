@@ -12,6 +12,14 @@ The file format (keys, dtypes, shapes, meaning) is documented in :mod:`nnunet_pl
 Layers: :func:`build_case_candidates` (arrays) -> :func:`save_case_bank` / :func:`load_case_bank` (one file)
 -> :func:`build_candidate_bank` (folder, multiprocessing, resumable) -> :func:`bank_from_nnunet_results`
 (nnU-Net's folders from the environment variables).
+
+Lesion shuffle (``lesion_shuffles=K``, cascaded paper §III-B eq. 9; :mod:`nnunet_plus.classifier.shuffle`): every
+case also gets K shuffled copies ``<case>__shuffle1..K`` (its lesions and nnU-Net's candidates moved within its
+liver, image + reference + softmax together), analysed by :func:`build_case_candidates` like any case. A copy's
+``bank.json`` entry names its original (``"shuffle_of"``) and the original's softmax file;
+:func:`~nnunet_plus.classifier.splits.check_bank_for_fold` makes it a training case of exactly the folds that
+train on the original, and never a validation case. Copy ``k`` of a case is drawn with the seed
+``[crc32(case id), k]``, so a rebuild or a resumed build makes the same copy.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import os
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,6 +42,7 @@ from nnunet_plus.classifier.bank_io import (METADATA_FILE, PATIENT_KEYS, TIERS, 
                                             CaseBank, bank_metadata, load_case_bank, read_bank_metadata,
                                             save_case_bank)
 from nnunet_plus.classifier.crops import candidate_rois, liver_input, normalise_intensity
+from nnunet_plus.classifier.shuffle import shuffle_case, shuffled_case_id
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 __all__ = ["BankSettings", "CandidateBankError", "CaseBank", "bank_from_nnunet_results", "build_candidate_bank",
@@ -101,9 +111,8 @@ def classifier_inputs(image: np.ndarray, analysis, schema: LesionSchema, *, spac
     candidates = analysis.detections
     ids = [int(r["id"]) for r in candidates.lesions]
     crops, scales = candidate_rois(normalised, candidates.instances, ids, [r["bbox"] for r in candidates.lesions],
-                                   spacing=spacing, target_spacing=target_spacing, roi_shape=settings.roi_shape,
-                                   large_lesion=settings.large_lesion, margin=settings.margin,
-                                   pad_mode=settings.pad_mode, pad_value=pads, mask_order=settings.mask_order)
+                                   spacing=spacing, target_spacing=target_spacing, pad_value=pads,
+                                   **settings.crop_options())
     if liver_found:
         liver = liver_input(normalised, liver_region, spacing=spacing, shape=settings.liver_shape,
                             mode=settings.liver_mode, margin=settings.liver_margin, fill_value=pads)
@@ -248,6 +257,8 @@ class _CaseJob:
     target_spacing: tuple[float, ...]
     channel_names: tuple[str, ...]
     reader: type
+    build_original: bool = True
+    shuffles: tuple[int, ...] = ()
 
 
 def _read_properties(pkl_file: Path) -> dict | None:
@@ -257,8 +268,14 @@ def _read_properties(pkl_file: Path) -> dict | None:
         return pickle.load(fh)
 
 
-def _build_case_job(job: _CaseJob) -> tuple[str, int]:
-    """Worker: build and save one case; returns (case id, number of candidates)."""
+def _shuffle_rng(case_id: str, copy: int) -> np.random.Generator:
+    """The generator of shuffled copy ``copy`` of ``case_id`` (reproducible across builds and processes)."""
+    return np.random.default_rng([zlib.crc32(case_id.encode("utf-8")), int(copy)])
+
+
+def _build_case_job(job: _CaseJob) -> list[tuple[str, int, dict]]:
+    """Worker: build and save one case and / or its shuffled copies; returns ``(case id, number of candidates,
+    bank.json extras)`` per file written."""
     softmax = Path(job.softmax_file)
     try:
         reader = job.reader()
@@ -280,14 +297,31 @@ def _build_case_job(job: _CaseJob) -> tuple[str, int]:
         if not np.array_equal(reference, label[0]):
             raise ValueError(f"{job.label_file} holds non-integer label values")
         sitk = properties.get("sitk_stuff", {})
-        arrays = build_case_candidates(job.case_id, image, reference.astype(np.int16), probabilities, job.schema,
-                                       spacing=spacing, target_spacing=job.target_spacing, settings=job.settings,
-                                       channel_names=job.channel_names, origin=sitk.get("origin"),
-                                       direction=sitk.get("direction"))
+        reference = reference.astype(np.int16)
+
+        def build(case_id: str, image_: np.ndarray, reference_: np.ndarray, probabilities_: np.ndarray) -> dict:
+            return build_case_candidates(case_id, image_, reference_, probabilities_, job.schema, spacing=spacing,
+                                         target_spacing=job.target_spacing, settings=job.settings,
+                                         channel_names=job.channel_names, origin=sitk.get("origin"),
+                                         direction=sitk.get("direction"))
+
+        written = []
+        if job.build_original:
+            arrays = build(job.case_id, image, reference, probabilities)
+            save_case_bank(arrays, job.out_file)
+            written.append((job.case_id, int(arrays["target"].shape[0]), {}))
+        for copy in job.shuffles:
+            copy_id = shuffled_case_id(job.case_id, copy)
+            shuffled = shuffle_case(image, reference, probabilities, job.schema, rng=_shuffle_rng(job.case_id, copy))
+            arrays = build(copy_id, shuffled.image, shuffled.reference, shuffled.probabilities)
+            save_case_bank(arrays, Path(job.out_file).with_name(f"{copy_id}.npz"))
+            logger.debug("case %s: %d of %d object(s) moved", copy_id, shuffled.num_moved, shuffled.num_objects)
+            written.append((copy_id, int(arrays["target"].shape[0]),
+                            {"shuffle_of": job.case_id, "objects": shuffled.num_objects,
+                             "objects_moved": shuffled.num_moved}))
     except (OSError, ValueError, RuntimeError, KeyError, zipfile.BadZipFile) as exc:
         raise CandidateBankError(f"case {job.case_id} ({softmax}): {exc}") from exc
-    save_case_bank(arrays, job.out_file)
-    return job.case_id, int(arrays["target"].shape[0])
+    return written
 
 
 def case_files(raw_dataset_dir: Path, dataset_json: Mapping, case_id: str) -> tuple[list[Path], Path]:
@@ -322,6 +356,8 @@ def _check_existing_metadata(out_dir: Path, metadata: Mapping) -> None:
     old = read_bank_metadata(out_dir)
     keys = ("lesions", "labels", "schema", "channels", "target_spacing", "settings")
     diff = [k for k in keys if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(metadata[k]))]
+    if int(old.get("lesion_shuffles", 0)) != int(metadata.get("lesion_shuffles", 0)):  # absent = built without
+        diff.append("lesion_shuffles")
     if diff:
         raise CandidateBankError(f"the bank in {out_dir} was built with different {diff}; pass overwrite=True to "
                                  "rebuild it, or choose another out_dir")
@@ -330,7 +366,7 @@ def _check_existing_metadata(out_dir: Path, metadata: Mapping) -> None:
 def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Sequence[str | os.PathLike],
                          out_dir: str | os.PathLike, schema: LesionSchema, *, target_spacing: Sequence[float],
                          settings: BankSettings | None = None, num_processes: int = 2, overwrite: bool = False,
-                         quiet: bool = False) -> list[Path]:
+                         quiet: bool = False, lesion_shuffles: int = 0) -> list[Path]:
     """Build the bank of every case that has a softmax export in ``softmax_dirs``.
 
     Parameters
@@ -343,17 +379,24 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     settings : :class:`BankSettings` (default values when None).
     num_processes : worker processes (spawned); 1 builds in this process.
     overwrite : rebuild existing case files (otherwise valid ones are kept: the build resumes).
+    lesion_shuffles : K shuffled copies ``<case>__shuffle1..K`` per case (0 = none; see the module docstring),
+        stored in ``bank.json`` (``"lesion_shuffles"``; a resumed build must use the same K). Every case of the
+        bank is a training case of some fold; the split maps each copy to its original's folds.
 
-    Returns the paths of all case files of the bank, sorted by case id.
+    Returns the paths of all case files of the bank (shuffled copies included), sorted by case id.
     """
     raw_dataset_dir, out_dir = Path(raw_dataset_dir), Path(out_dir)
     settings = settings or BankSettings()
+    if int(lesion_shuffles) != lesion_shuffles or lesion_shuffles < 0:
+        raise ValueError(f"lesion_shuffles must be an integer >= 0, got {lesion_shuffles!r}")
+    lesion_shuffles = int(lesion_shuffles)
     dataset_json_file = raw_dataset_dir / "dataset.json"
     if not dataset_json_file.is_file():
         raise CandidateBankError(f"{dataset_json_file} not found; raw_dataset_dir must be an nnU-Net raw dataset")
     dataset_json = json.loads(dataset_json_file.read_text())
     channel_names = [str(dataset_json["channel_names"][k]) for k in sorted(dataset_json["channel_names"], key=int)]
     metadata = bank_metadata(schema, settings, target_spacing=target_spacing, channel_names=channel_names)
+    metadata["lesion_shuffles"] = lesion_shuffles
     resolved = BankSettings.from_json(metadata["settings"])
 
     softmax = _softmax_files([Path(d) for d in softmax_dirs])
@@ -377,8 +420,10 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
                                  + (" ..." if len(problems) > 5 else ""))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    previous: dict = {}
     if (out_dir / METADATA_FILE).is_file() and not overwrite:
         _check_existing_metadata(out_dir, metadata)
+        previous = read_bank_metadata(out_dir).get("cases") or {}
     write_json_atomic(out_dir / METADATA_FILE, metadata)
 
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
@@ -386,37 +431,63 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     first_images = inputs[min(inputs)][0]
     reader = determine_reader_writer_from_dataset_json(dataset_json, str(first_images[0]), verbose=False)
     counts: dict[str, int] = {}
+    extras: dict[str, dict] = {}
     jobs = []
+
+    def kept(bank_case: str) -> bool:
+        """Whether a valid file of ``bank_case`` is already there (its count recorded)."""
+        file = out_dir / f"{bank_case}.npz"
+        if overwrite or not file.is_file():
+            return False
+        try:
+            counts[bank_case] = load_case_bank(file, metadata=metadata).num_candidates
+            return True
+        except CandidateBankError as exc:
+            logger.warning("rebuilding %s: %s", bank_case, exc)
+            return False
+
     for case_id, (images, label) in inputs.items():
         out_file = out_dir / f"{case_id}.npz"
-        if out_file.is_file() and not overwrite:
-            try:
-                counts[case_id] = load_case_bank(out_file, metadata=metadata).num_candidates
-                continue
-            except CandidateBankError as exc:
-                logger.warning("rebuilding %s: %s", case_id, exc)
+        build_original = not kept(case_id)
+        shuffles = []
+        for copy in range(1, lesion_shuffles + 1):
+            copy_id = shuffled_case_id(case_id, copy)
+            if kept(copy_id):
+                extras[copy_id] = {**{k: v for k, v in previous.get(copy_id, {}).items()
+                                      if k in ("objects", "objects_moved")}, "shuffle_of": case_id}
+            else:
+                shuffles.append(copy)
+        if not build_original and not shuffles:
+            continue
         jobs.append(_CaseJob(case_id=case_id, image_files=tuple(str(p) for p in images), label_file=str(label),
                              softmax_file=str(softmax[case_id]), out_file=str(out_file), schema=schema,
                              settings=resolved, target_spacing=tuple(float(v) for v in target_spacing),
-                             channel_names=tuple(channel_names), reader=reader))
+                             channel_names=tuple(channel_names), reader=reader, build_original=build_original,
+                             shuffles=tuple(shuffles)))
     logger.info("candidate bank %s: %d case(s) to build, %d already built", out_dir, len(jobs), len(counts))
     progress = tqdm(total=len(jobs), desc="candidate bank", unit="case", disable=quiet or not jobs)
     try:
+        def record(written: list[tuple[str, int, dict]]) -> None:
+            for bank_case, count, extra in written:
+                counts[bank_case] = count
+                if extra:
+                    extras[bank_case] = extra
+            progress.update()
+
         if num_processes <= 1 or len(jobs) <= 1:
             for job in jobs:
-                case_id, count = _build_case_job(job)
-                counts[case_id] = count
-                progress.update()
+                record(_build_case_job(job))
         else:
             context = multiprocessing.get_context("spawn")
             with context.Pool(min(num_processes, len(jobs))) as pool:
-                for case_id, count in pool.imap_unordered(_build_case_job, jobs):
-                    counts[case_id] = count
-                    progress.update()
+                for written in pool.imap_unordered(_build_case_job, jobs):
+                    record(written)
     finally:
         progress.close()
-    metadata["cases"] = {case_id: {"file": f"{case_id}.npz", "num_candidates": counts[case_id],
-                                   "softmax": str(softmax[case_id])} for case_id in sorted(counts)}
+    original = {bank_case: extras.get(bank_case, {}).get("shuffle_of", bank_case) for bank_case in counts}
+    metadata["cases"] = {bank_case: {"file": f"{bank_case}.npz", "num_candidates": counts[bank_case],
+                                     "softmax": str(softmax[original[bank_case]]), **extras.get(bank_case, {})}
+                         for bank_case in sorted(counts)}
     write_json_atomic(out_dir / METADATA_FILE, metadata)
     return [out_dir / f"{case_id}.npz" for case_id in sorted(counts)]
 
@@ -440,13 +511,15 @@ def target_spacing_from_plans(plans: Mapping, configuration: str) -> tuple[float
 def bank_from_nnunet_results(dataset: str | int, configuration: str, *, trainer: str = "nnUNetTrainerPLUS",
                              plans: str = "nnUNetPlans", folds: Sequence[int] | None = None,
                              out_dir: str | os.PathLike | None = None, settings: BankSettings | None = None,
-                             num_processes: int = 2, overwrite: bool = False, quiet: bool = False) -> list[Path]:
+                             num_processes: int = 2, overwrite: bool = False, quiet: bool = False,
+                             lesion_shuffles: int = 0) -> list[Path]:
     """Build the bank from nnU-Net's folders (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
 
     Uses the ``validation/`` softmax of the folds present (``folds=None``: every ``fold_<k>`` with exported
     probabilities), the raw dataset's images and labels, its dataset.json schema and the configuration's
     target spacing from the plans. ``out_dir`` defaults to
     ``$nnUNet_results/DatasetXXX/PLUSClassifier__<trainer>__<plans>__<configuration>/candidate_bank``.
+    ``lesion_shuffles``: shuffled copies per case (:func:`build_candidate_bank`).
     """
     from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 
@@ -482,4 +555,4 @@ def bank_from_nnunet_results(dataset: str | int, configuration: str, *, trainer:
                 [p.name for p in fold_dirs])
     return build_candidate_bank(raw, [p / "validation" for p in fold_dirs], out_dir, schema,
                                 target_spacing=target_spacing, settings=settings, num_processes=num_processes,
-                                overwrite=overwrite, quiet=quiet)
+                                overwrite=overwrite, quiet=quiet, lesion_shuffles=lesion_shuffles)

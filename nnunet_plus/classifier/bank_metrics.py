@@ -1,8 +1,8 @@
 """Lesion- and patient-level scores of classifier decisions computed on candidate-bank arrays (no volumes).
 
-The trainer scores every epoch with these, cheaply: the refinement rule :func:`decide`, shared with
-:mod:`nnunet_plus.predict.refine` (a candidate is reported when its lesion types together outweigh "not a
-lesion", with its most probable type as class) applied to the bank's candidates, then the matching of
+The trainer scores every epoch with these, cheaply, and :func:`~nnunet_plus.classifier.operating_point.fit_rule`
+scores every rule of its grid: a :class:`~nnunet_plus.classifier.operating_point.DecisionRule` (the rule of
+:mod:`nnunet_plus.predict.refine`) applied to the bank's candidates (its ``tier`` and ``base_class``), then the matching of
 :func:`~nnunet_plus.postprocessing.match.match_lesions` ("overlap" criterion: one-to-one assignment
 maximising the shared voxels, among the reported candidates and the reference lesions) replayed on the
 bank's stored ``overlap`` table. Reference lesions below ``min_volume_mm3`` are ignored as in
@@ -19,23 +19,15 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from nnunet_plus.classifier.bank_io import CaseBank
+from nnunet_plus.classifier.operating_point import DecisionRule, apply_rule
 from nnunet_plus.evaluation.metrics import binary_metrics, lesion_metrics, mean_or_none
 
-__all__ = ["case_lesion_counts", "decide", "nnunet_lesion_metrics", "score_cases"]
+__all__ = ["NETWORK_RULE", "case_lesion_counts", "nnunet_lesion_metrics", "score_cases"]
 
 
-def decide(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(reported (N,) bool, class (N,) int64)`` of an ``(N, L + 1)`` table (L lesion types, then "not a
-    lesion"): a candidate is reported when its lesion types together are more probable than "not a lesion"
-    (a detection decision first, so that lesion mass split over similar types does not reject a lesion), with
-    its most probable lesion type as class (ties: lowest index); a rejected one gets class L."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.ndim != 2 or probabilities.shape[1] < 2:
-        raise ValueError(f"probabilities must be (N, L + 1), got shape {probabilities.shape}")
-    not_a_lesion = probabilities.shape[1] - 1
-    reported = probabilities[:, :not_a_lesion].sum(axis=1) > probabilities[:, not_a_lesion]
-    best_type = np.argmax(probabilities[:, :not_a_lesion], axis=1).astype(np.int64)
-    return reported, np.where(reported, best_type, not_a_lesion).astype(np.int64)
+#: the network's own answer (reject when "not a lesion" has the majority, take the PLUS type when it leads):
+#: what the trainer reports per epoch, before an operating point is fitted
+NETWORK_RULE = DecisionRule(reject_confident=0.5, relabel_margin=0.0, accept_suspicious=0.5)
 
 
 def case_lesion_counts(bank: CaseBank, reported: np.ndarray, classes: np.ndarray, *,
@@ -70,10 +62,10 @@ def case_lesion_counts(bank: CaseBank, reported: np.ndarray, classes: np.ndarray
     return {"tp": tp, "fl": len(pairs) - tp, "fp": fp, "fn": fn}
 
 
-def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], *,
+def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], *, rule: DecisionRule,
                 malignant_classes: Sequence[int], benign_classes: Sequence[int],
                 min_volume_mm3: float = 0.0) -> dict:
-    """Scores of one set of cases: ``lesion`` (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the
+    """Scores of ``rule`` applied to the PLUS ``probabilities`` ((N_i, L + 1) per case) of ``banks``: ``lesion`` (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the
     summed counts), ``malignant`` / ``benign`` (:func:`~nnunet_plus.evaluation.metrics.binary_metrics` of the
     patient labels), and the scalars ``lesion_f1``, ``malignant_f1``, ``benign_f1``, ``patient_f1`` (mean of
     the two patient F1 that are defined; None when neither is).
@@ -84,7 +76,7 @@ def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], 
     truth: dict[str, list[bool]] = {"malignant": [], "benign": []}
     predicted: dict[str, list[bool]] = {"malignant": [], "benign": []}
     for bank, table in zip(banks, probabilities):
-        reported, classes = decide(table)
+        reported, classes = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class)
         for key, value in case_lesion_counts(bank, reported, classes, min_volume_mm3=min_volume_mm3).items():
             totals[key] += value
         present = set(classes[reported].tolist())

@@ -6,7 +6,7 @@ Python values, loadable with ``weights_only=True``) holds:
 ==================  ==================================================================================
 key                 meaning
 ==================  ==================================================================================
-format, version     ``"nnunet_plus.plus_classifier"``, 1
+format, version     ``"nnunet_plus.plus_classifier"``, 2
 model_config        :meth:`PLUSClassifier.to_config` (rebuild with ``from_config`` + ``load_state_dict``)
 state_dict          the network weights
 dataset_name        ``DatasetXXX_Name`` the classifier was trained on
@@ -36,7 +36,7 @@ import torch
 from nnunet_plus.schema import LesionSchema
 
 CHECKPOINT_FORMAT = "nnunet_plus.plus_classifier"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the guarded network (log prior + correction, candidate features)
 REQUIRED_KEYS = ("format", "version", "model_config", "state_dict", "dataset_name", "labels", "schema", "bank",
                  "fold", "epoch")
 

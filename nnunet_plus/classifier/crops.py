@@ -8,18 +8,38 @@ Documented choices (the paper is silent on them):
 * **Intensity** (:func:`normalise_intensity`): CT channels are clipped to the abdominal window
   ``[-200, 300]`` HU and mapped linearly to ``[-1, 1]`` (``(x - 50) / 250``); other modalities are
   z-scored per channel (over a mask when one is given). Air and everything below -200 HU becomes -1.
-* **Lesion ROI** (:func:`lesion_roi`): ``roi_shape`` voxels (default ``(16, 64, 64)``, the paper's
-  64x64x16) at the nnU-Net target spacing, centred on the centre of the lesion's bounding box; channels are
-  the image channels followed by the lesion's own mask (other lesions are not marked). Image: trilinear;
-  mask: linear by default (a soft mask in [0, 1] that keeps partial volume), nearest as an option.
-  Downsampling is anti-aliased (Gaussian, sigma = (step - 1) / 2 input voxels, skimage's rule). Where no
-  resampling is needed along an axis (same spacing), samples are snapped to the input grid so the crop is an
-  exact copy (the centre may then move by half a voxel).
-* **Lesions larger than the ROI** (``large_lesion``): ``"zoom"`` (default) enlarges the field of view by
-  one factor ``s >= 1`` on all axes (aspect kept) so that the bounding box plus ``margin`` times its size on
-  each side fits, and resamples that field of view to ``roi_shape`` (the effective spacing is
-  ``s * target_spacing``; ``s`` is returned by :func:`lesion_grid` so the size information is not lost);
-  ``"crop"`` keeps the fixed field of view and cuts the lesion.
+* **Lesion ROI field of view** (``roi_fov``): the crop is centred on the centre of the lesion's bounding box;
+  channels are the image channels followed by the lesion's own mask (other lesions are not marked).
+
+  - ``"lesion"`` (lesion scale, the default of new candidate banks): a **cube in mm** of side
+    ``L = max(roi_min_mm, roi_context * e)``, ``e`` the longest side of the lesion's bounding box in mm
+    (voxel count x spacing), resampled to ``roi_shape`` voxels (default ``(16, 32, 32)``, output spacing
+    ``L / roi_shape`` per axis). A cube rather than per-axis extents keeps the lesion's shape (a flat lesion
+    stays flat; size is kept in ``roi_scale``); with ``(16, 32, 32)`` the z spacing is twice the in-plane one,
+    which the encoders' ``(1, 2, 2)`` stem turns into isotropic features. ``roi_context = 2`` (default) gives
+    half the lesion's extent of tissue on each side of its longest axis; the floor ``roi_min_mm = 32`` keeps
+    the surroundings of small lesions (a 10 mm lesion sits in a 32 mm cube). The lesion then fills a large
+    share of the crop whatever its size: at 6 x 5 x 5 mm, a 2 x 2 x 2 voxel lesion is ~4 % of the mask
+    channel's mass, against ~0.01 % in the fixed 16 x 64 x 64 ROI. The liver input (below) keeps the
+    organ-level context.
+  - ``"fixed"`` (the rule of banks made before ``roi_fov`` existed): ``roi_shape`` voxels (default
+    ``(16, 64, 64)``, the paper's 64x64x16) at the nnU-Net target spacing, zoomed out only for large lesions
+    (``large_lesion`` below).
+
+  Image: trilinear; mask: linear by default (a soft mask in [0, 1] that keeps partial volume), nearest as an
+  option. Downsampling is anti-aliased (Gaussian, sigma = (step - 1) / 2 input voxels, skimage's rule);
+  upsampling is plain (tri)linear. Where no resampling is needed along an axis (same spacing), samples are
+  snapped to the input grid so the crop is an exact copy (the centre may then move by half a voxel).
+* **ROI scale** (``roi_scale``, returned by :func:`lesion_grid` and :func:`candidate_rois`): the crop's zoom
+  relative to the target spacing, the geometric mean over the axes of ``output spacing / target spacing``
+  (the cube root of the field of view's volume over that of ``roi_shape`` voxels at the target spacing); 1 =
+  no zoom, < 1 = finer than the target spacing (small lesions under ``"lesion"``). It keeps the size
+  information a fixed output grid loses.
+* **Lesions larger than the ROI** (``large_lesion``, ``roi_fov="fixed"`` only): ``"zoom"`` (default)
+  enlarges the field of view by one factor ``s >= 1`` on all axes (aspect kept) so that the bounding box plus
+  ``margin`` times its size on each side fits, and resamples that field of view to ``roi_shape`` (the
+  effective spacing is ``s * target_spacing``, ``roi_scale = s``); ``"crop"`` keeps the fixed field of view
+  and cuts the lesion.
 * **Borders**: the ROI is padded where it leaves the volume: ``pad_mode="constant"`` with ``pad_value``
   (default: each channel's minimum, i.e. air / the background value), or ``"edge"`` (replicate). Masks are
   padded with 0.
@@ -39,7 +59,11 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_ROI_SHAPE: tuple[int, int, int] = (16, 64, 64)
+DEFAULT_ROI_SHAPE: tuple[int, int, int] = (16, 64, 64)        # roi_fov="fixed"
+DEFAULT_LESION_ROI_SHAPE: tuple[int, int, int] = (16, 32, 32)  # roi_fov="lesion"
+DEFAULT_ROI_CONTEXT: float = 2.0
+DEFAULT_ROI_MIN_MM: float = 32.0
+ROI_FOV_RULES: tuple[str, ...] = ("lesion", "fixed")
 DEFAULT_LIVER_SHAPE: tuple[int, int, int] = (32, 64, 64)
 DEFAULT_CT_WINDOW: tuple[float, float] = (-200.0, 300.0)
 NORMALISATIONS: tuple[str, ...] = ("ct", "zscore", "none")
@@ -144,18 +168,54 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int, int, int]:
     return (*lo, *hi)
 
 
+def default_roi_shape(roi_fov: str) -> tuple[int, int, int]:
+    """The ROI shape of a field-of-view rule: ``(16, 32, 32)`` for ``"lesion"``, ``(16, 64, 64)`` for ``"fixed"``."""
+    if roi_fov not in ROI_FOV_RULES:
+        raise ValueError(f"unknown roi_fov rule {roi_fov!r}; choose from {ROI_FOV_RULES}")
+    return DEFAULT_LESION_ROI_SHAPE if roi_fov == "lesion" else DEFAULT_ROI_SHAPE
+
+
+def check_roi_context(roi_context: float, roi_min_mm: float) -> tuple[float, float]:
+    """Validate the lesion rule's ``roi_context`` (>= 1) and ``roi_min_mm`` (> 0); returns them as floats."""
+    roi_context, roi_min_mm = float(roi_context), float(roi_min_mm)
+    if not (math.isfinite(roi_context) and roi_context >= 1.0):
+        raise ValueError(f"roi_context must be a finite number >= 1 (field of view / lesion extent; below 1 the "
+                         f"crop would cut the lesion), got {roi_context}")
+    if not (math.isfinite(roi_min_mm) and roi_min_mm > 0.0):
+        raise ValueError(f"roi_min_mm must be a finite number of mm > 0, got {roi_min_mm}")
+    return roi_context, roi_min_mm
+
+
 def lesion_grid(bbox: Sequence[int], *, spacing: Sequence[float], target_spacing: Sequence[float],
-                roi_shape: Sequence[int] = DEFAULT_ROI_SHAPE, large_lesion: str = "zoom",
-                margin: float = 0.25) -> tuple[SamplingGrid, float]:
+                roi_shape: Sequence[int] | None = None, roi_fov: str = "fixed",
+                roi_context: float = DEFAULT_ROI_CONTEXT, roi_min_mm: float = DEFAULT_ROI_MIN_MM,
+                large_lesion: str = "zoom", margin: float = 0.25) -> tuple[SamplingGrid, float]:
     """The ROI grid of a lesion with bounding box ``bbox`` ``[z0, y0, x0, z1, y1, x1]`` (end exclusive).
 
-    Returns ``(grid, scale)``: the grid is centred on the box centre with output spacing
-    ``scale * target_spacing`` mm; ``scale`` is 1 unless ``large_lesion="zoom"`` and the box plus ``margin``
-    times its extent on each side exceeds the ROI's field of view ``roi_shape * target_spacing``.
+    Parameters
+    ----------
+    bbox : the lesion's bounding box in input voxels.
+    spacing : input voxel spacing (z, y, x) mm.
+    target_spacing : nnU-Net's target spacing (z, y, x) mm (the ``"fixed"`` rule's output spacing and the
+        reference of the returned scale).
+    roi_shape : output voxels (z, y, x); default :func:`default_roi_shape` of ``roi_fov``.
+    roi_fov : ``"fixed"`` (``roi_shape`` voxels at the target spacing, zoomed out for large lesions by
+        ``large_lesion`` / ``margin``) or ``"lesion"`` (a cube of side ``max(roi_min_mm, roi_context x the
+        bounding box's longest side in mm)``); see the module docstring.
+    roi_context, roi_min_mm : the ``"lesion"`` rule's field of view / lesion extent ratio (>= 1) and floor (mm).
+    large_lesion, margin : the ``"fixed"`` rule's large-lesion rule (``"zoom"`` / ``"crop"``) and context margin.
+
+    Returns
+    -------
+    ``(grid, scale)``: the grid is centred on the box centre; ``scale`` is the zoom relative to the target
+    spacing (geometric mean over the axes of output spacing / target spacing). Under ``"fixed"`` it is 1
+    unless ``large_lesion="zoom"`` and the box plus ``margin`` times its extent on each side exceeds the
+    field of view ``roi_shape * target_spacing``; the output spacing is then ``scale * target_spacing``.
     """
     spacing = _check_3("spacing", spacing)
     target_spacing = _check_3("target_spacing", target_spacing)
-    roi_shape = _check_shape("roi_shape", roi_shape)
+    roi_shape = _check_shape("roi_shape", default_roi_shape(roi_fov) if roi_shape is None else roi_shape)
+    roi_context, roi_min_mm = check_roi_context(roi_context, roi_min_mm)
     if large_lesion not in LARGE_LESION_RULES:
         raise ValueError(f"unknown large_lesion rule {large_lesion!r}; choose from {LARGE_LESION_RULES}")
     if margin < 0:
@@ -165,12 +225,19 @@ def lesion_grid(bbox: Sequence[int], *, spacing: Sequence[float], target_spacing
     lo = [int(v) for v in bbox[:3]]
     hi = [int(v) for v in bbox[3:]]
     centre = tuple((lo[a] + hi[a] - 1) / 2.0 for a in range(3))
-    scale = 1.0
-    if large_lesion == "zoom":
-        needed = [(hi[a] - lo[a]) * spacing[a] * (1.0 + 2.0 * margin) for a in range(3)]
-        fov = [roi_shape[a] * target_spacing[a] for a in range(3)]
-        scale = max(1.0, max(needed[a] / fov[a] for a in range(3)))
-    step = tuple(scale * target_spacing[a] / spacing[a] for a in range(3))
+    extent = [(hi[a] - lo[a]) * spacing[a] for a in range(3)]
+    if roi_fov == "lesion":
+        side = max(roi_min_mm, roi_context * max(extent))
+        out_spacing = [side / roi_shape[a] for a in range(3)]
+        scale = math.prod(out_spacing[a] / target_spacing[a] for a in range(3)) ** (1.0 / 3.0)
+    else:
+        scale = 1.0
+        if large_lesion == "zoom":
+            needed = [extent[a] * (1.0 + 2.0 * margin) for a in range(3)]
+            fov = [roi_shape[a] * target_spacing[a] for a in range(3)]
+            scale = max(1.0, max(needed[a] / fov[a] for a in range(3)))
+        out_spacing = [scale * target_spacing[a] for a in range(3)]
+    step = tuple(out_spacing[a] / spacing[a] for a in range(3))
     return SamplingGrid(centre=centre, step=step, shape=roi_shape), scale
 
 
@@ -278,13 +345,16 @@ def _pad_values(image: np.ndarray, pad_value: float | Sequence[float] | None) ->
 # ---- lesion ROIs -------------------------------------------------------------------------------------------
 def candidate_rois(image: np.ndarray, instances: np.ndarray, lesion_ids: Sequence[int],
                    bboxes: Sequence[Sequence[int]], *, spacing: Sequence[float], target_spacing: Sequence[float],
-                   roi_shape: Sequence[int] = DEFAULT_ROI_SHAPE, large_lesion: str = "zoom", margin: float = 0.25,
-                   pad_mode: str = "constant", pad_value: float | Sequence[float] | None = None,
+                   roi_shape: Sequence[int] | None = None, roi_fov: str = "fixed",
+                   roi_context: float = DEFAULT_ROI_CONTEXT, roi_min_mm: float = DEFAULT_ROI_MIN_MM,
+                   large_lesion: str = "zoom", margin: float = 0.25, pad_mode: str = "constant",
+                   pad_value: float | Sequence[float] | None = None,
                    mask_order: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """ROIs of several lesions of one instance map (see :func:`lesion_roi` for the rules).
 
     ``instances`` (Z, Y, X) int: lesion ``lesion_ids[i]`` has bounding box ``bboxes[i]``. Returns
-    ``(rois (N, C + 1, *roi_shape) float32, scales (N,) float32)``; only the blocks around the lesions are read.
+    ``(rois (N, C + 1, *roi_shape) float32, scales (N,) float32)`` (``scales``: see :func:`lesion_grid`); only
+    the blocks around the lesions are read.
     """
     image = np.asarray(image)
     if image.ndim != 4:
@@ -295,12 +365,13 @@ def candidate_rois(image: np.ndarray, instances: np.ndarray, lesion_ids: Sequenc
         raise ValueError(f"{len(lesion_ids)} lesion ids but {len(bboxes)} bounding boxes")
     if mask_order not in (0, 1):
         raise ValueError(f"mask_order must be 0 (nearest) or 1 (linear), got {mask_order}")
-    roi_shape = _check_shape("roi_shape", roi_shape)
+    roi_shape = _check_shape("roi_shape", default_roi_shape(roi_fov) if roi_shape is None else roi_shape)
     pads = _pad_values(image, pad_value)
     rois = np.empty((len(lesion_ids), image.shape[0] + 1, *roi_shape), dtype=np.float32)
     scales = np.empty(len(lesion_ids), dtype=np.float32)
     for i, (lesion_id, bbox) in enumerate(zip(lesion_ids, bboxes)):
         grid, scales[i] = lesion_grid(bbox, spacing=spacing, target_spacing=target_spacing, roi_shape=roi_shape,
+                                      roi_fov=roi_fov, roi_context=roi_context, roi_min_mm=roi_min_mm,
                                       large_lesion=large_lesion, margin=margin)
         lo, hi, sigma = _block_bounds(grid, True)
         blocks = [_padded_block(image[c], lo, hi, pad_mode=pad_mode, pad_value=pads[c]).astype(np.float32, copy=False)
@@ -315,7 +386,8 @@ def candidate_rois(image: np.ndarray, instances: np.ndarray, lesion_ids: Sequenc
 
 
 def lesion_roi(image: np.ndarray, lesion_mask: np.ndarray, *, spacing: Sequence[float],
-               target_spacing: Sequence[float], roi_shape: Sequence[int] = DEFAULT_ROI_SHAPE,
+               target_spacing: Sequence[float], roi_shape: Sequence[int] | None = None, roi_fov: str = "fixed",
+               roi_context: float = DEFAULT_ROI_CONTEXT, roi_min_mm: float = DEFAULT_ROI_MIN_MM,
                large_lesion: str = "zoom", margin: float = 0.25, pad_mode: str = "constant",
                pad_value: float | Sequence[float] | None = None, mask_order: int = 1) -> np.ndarray:
     """The classifier's lesion input: ``(C + 1, *roi_shape)`` float32 = image channels + the lesion mask.
@@ -324,10 +396,16 @@ def lesion_roi(image: np.ndarray, lesion_mask: np.ndarray, *, spacing: Sequence[
     ----------
     image : (C, Z, Y, X) array with voxel ``spacing`` (z, y, x) mm (normalise it first).
     lesion_mask : (Z, Y, X) bool, the lesion's voxels (non-empty).
-    target_spacing : ROI voxel spacing (z, y, x) mm, normally nnU-Net's target spacing.
-    roi_shape : ROI voxels (z, y, x), default (16, 64, 64).
-    large_lesion : ``"zoom"`` (enlarge the field of view to the bounding box + ``margin`` x extent on each side,
-        aspect kept, resampled to ``roi_shape``) or ``"crop"`` (fixed field of view).
+    target_spacing : nnU-Net's target spacing (z, y, x) mm: the ``"fixed"`` rule's ROI voxel spacing.
+    roi_shape : ROI voxels (z, y, x), default (16, 64, 64) for ``"fixed"``, (16, 32, 32) for ``"lesion"``.
+    roi_fov : ``"fixed"`` (default here; ``roi_shape`` voxels at the target spacing) or ``"lesion"`` (a cube
+        of side ``max(roi_min_mm, roi_context x`` the bounding box's longest side in mm``)``, resampled to
+        ``roi_shape``); the candidate bank's default is ``"lesion"`` (:class:`~nnunet_plus.classifier.bank_io.
+        BankSettings`).
+    roi_context, roi_min_mm : the ``"lesion"`` rule's ratio field of view / lesion extent (>= 1) and floor (mm).
+    large_lesion : ``"fixed"`` rule only: ``"zoom"`` (enlarge the field of view to the bounding box +
+        ``margin`` x extent on each side, aspect kept, resampled to ``roi_shape``) or ``"crop"`` (fixed field of
+        view).
     pad_mode, pad_value : outside the volume, ``"constant"`` ``pad_value`` (default per-channel minimum) or
         ``"edge"``. The mask is padded with 0.
     mask_order : 1 = linear (soft mask, default), 0 = nearest (binary).
@@ -337,7 +415,8 @@ def lesion_roi(image: np.ndarray, lesion_mask: np.ndarray, *, spacing: Sequence[
         raise ValueError(f"lesion_mask must be (Z, Y, X), got shape {lesion_mask.shape}")
     bbox = bounding_box(lesion_mask)
     rois, _ = candidate_rois(image, lesion_mask.astype(np.uint8), [1], [bbox], spacing=spacing,
-                             target_spacing=target_spacing, roi_shape=roi_shape, large_lesion=large_lesion,
+                             target_spacing=target_spacing, roi_shape=roi_shape, roi_fov=roi_fov,
+                             roi_context=roi_context, roi_min_mm=roi_min_mm, large_lesion=large_lesion,
                              margin=margin, pad_mode=pad_mode, pad_value=pad_value, mask_order=mask_order)
     return rois[0]
 

@@ -12,6 +12,11 @@ in normalised units (the CT window maps 250 HU to 1, so the default shift 0.02 i
 patient's crops and liver so the lesion-to-liver contrast is kept. The random numbers of a patient depend
 only on ``(seed, epoch, case index)`` (:meth:`CandidateDataset.set_epoch`), so an epoch is reproducible
 whatever happened before it (the property a resumed training needs).
+
+Patient targets are what the candidates can reach: a patient is a malignant (tumour) target of L_P (L_S) only
+when one of its candidates is matched to a malignant (any) reference lesion. A patient whose lesion nnU-Net
+missed entirely has no candidate that should be called malignant, and its false candidates must not be pushed
+towards "malignant" (they are false positives).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 from nnunet_plus.classifier.bank_io import CaseBank, load_case_bank
+from nnunet_plus.classifier.model import candidate_features
 
 __all__ = ["Augmentation", "CandidateDataset", "PatientBatch", "augment_patient", "collate_patients"]
 
@@ -74,8 +80,10 @@ class CandidateDataset(torch.utils.data.Dataset):
     cache : keep the loaded case files in memory (each is read once; the bank of a few hundred patients fits
         easily at the default sizes: about 256 kB per candidate).
 
-    Item keys: ``case_id`` (str), ``crops`` float32 (N, C + 1, *roi), ``prior`` float32 (N, L), ``target``
-    int64 (N,), ``liver`` float32 (C, *liver), ``malignant`` / ``tumor`` float32 scalars (reference).
+    Item keys: ``case_id`` (str), ``crops`` float32 (N, C + 1, *roi), ``prior`` float32 (N, L), ``features``
+    float32 (N, 3 + L) (:func:`~nnunet_plus.classifier.model.candidate_features`), ``target`` int64 (N,),
+    ``liver`` float32 (C, *liver), ``malignant`` / ``tumor`` float32 scalars (reachable reference labels, see
+    the module docstring).
     """
 
     def __init__(self, bank_dir: str | os.PathLike, case_ids: Sequence[str], *, metadata: Mapping,
@@ -88,6 +96,9 @@ class CandidateDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.epoch = 0
         self._banks: dict[str, CaseBank] = {}
+        lesions = list(metadata["schema"]["lesions"])
+        self.malignant_classes = np.array([lesions.index(n) for n in metadata["schema"]["malignant"]], dtype=np.int64)
+        self.num_lesion_classes = len(lesions)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -121,21 +132,27 @@ class CandidateDataset(torch.utils.data.Dataset):
         if self.augmentation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             crops, liver = augment_patient(crops, liver, rng, self.augmentation)
+        target = bank.target.astype(np.int64)
         return {"case_id": bank.case_id, "crops": crops, "prior": bank.prior.astype(np.float32),
-                "target": bank.target.astype(np.int64), "liver": liver,
-                "malignant": np.float32(bank.patient[1]), "tumor": np.float32(bank.patient[0])}
+                "features": candidate_features(bank.tier, bank.max_probability, bank.volume_mm3, bank.nnunet_class,
+                                               self.num_lesion_classes),
+                "target": target, "liver": liver,
+                "malignant": np.float32(np.isin(target, self.malignant_classes).any()),
+                "tumor": np.float32((target < self.num_lesion_classes).any())}
 
 
 @dataclass
 class PatientBatch:
     """A batch of ``B`` patients with ``N`` candidates in all (see the module docstring).
 
-    crops (N, C + 1, *roi) float32; priors (N, L) float32; liver (B, C, *liver) float32; lesion_to_patient
+    crops (N, C + 1, *roi) float32; priors (N, L) float32; features (N, 3 + L) float32; liver (B, C, *liver)
+    float32; lesion_to_patient
     (N,) long; targets (N,) long; patient_malignant / patient_tumor (B,) float32; case_ids (B,).
     """
 
     crops: torch.Tensor
     priors: torch.Tensor
+    features: torch.Tensor
     liver: torch.Tensor
     lesion_to_patient: torch.Tensor
     targets: torch.Tensor
@@ -154,7 +171,8 @@ class PatientBatch:
     def to(self, device: torch.device | str) -> "PatientBatch":
         """The batch on ``device`` (a new object)."""
         move = {k: getattr(self, k).to(device, non_blocking=True) for k in
-                ("crops", "priors", "liver", "lesion_to_patient", "targets", "patient_malignant", "patient_tumor")}
+                ("crops", "priors", "features", "liver", "lesion_to_patient", "targets", "patient_malignant",
+                 "patient_tumor")}
         return PatientBatch(**move, case_ids=list(self.case_ids))
 
 
@@ -166,6 +184,7 @@ def collate_patients(items: Sequence[Mapping]) -> PatientBatch:
     return PatientBatch(
         crops=torch.from_numpy(np.concatenate([item["crops"] for item in items])),
         priors=torch.from_numpy(np.concatenate([item["prior"] for item in items])),
+        features=torch.from_numpy(np.concatenate([item["features"] for item in items])),
         liver=torch.from_numpy(np.stack([item["liver"] for item in items])),
         lesion_to_patient=torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
         targets=torch.from_numpy(np.concatenate([item["target"] for item in items])),

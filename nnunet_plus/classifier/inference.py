@@ -1,9 +1,11 @@
 """Apply a trained PLUS classifier to one case (the classifier inference contract of nnunet_plus_predict).
 
-:class:`PLUSInference` loads the fold models of a classifier folder (``fold_k/checkpoint_final.pth``), builds
-a case's candidate inputs with the candidate bank's own function
-(:func:`~nnunet_plus.classifier.bank.classifier_inputs`, the settings and target spacing stored in the
-checkpoint, inputs rounded to float16 as the bank stores them) and averages the fold models' softmax.
+:class:`PLUSInference` loads the fold models of a classifier folder (``fold_k/checkpoint_final.pth``) and its
+fitted decision rule (``operating_point.json`` beside the folds; a single fold's own one when the folder has
+none; the identity rule, i.e. nnU-Net alone, when neither exists), builds a case's candidate inputs with the
+candidate bank's own function (:func:`~nnunet_plus.classifier.bank.classifier_inputs`, the settings, target
+spacing and channel names stored in the checkpoint, inputs rounded to float16 as the bank stores them) and
+averages the fold models' softmax.
 
 Per case the result is a :class:`ClassifierOutput`: an ``(N, L + 1)`` probability table for the ``N``
 candidates of ``analysis.detections`` (columns: ``schema.lesions`` then ``"not_a_lesion"``) and patient
@@ -25,7 +27,8 @@ import torch
 
 from nnunet_plus.classifier.bank_io import BankSettings
 from nnunet_plus.classifier.checkpoint import check_compatible, load_checkpoint
-from nnunet_plus.classifier.model import PLUSClassifier
+from nnunet_plus.classifier.model import PLUSClassifier, candidate_features
+from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, DecisionRule, load_rule
 from nnunet_plus.schema import LesionSchema
 
 __all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "patient_probabilities", "resolve_device"]
@@ -88,6 +91,19 @@ def patient_probabilities(lesion_probabilities: np.ndarray, schema: LesionSchema
     return out
 
 
+def _operating_point(folder: Path, folds: Sequence[int | str]) -> tuple[DecisionRule, str]:
+    """The decision rule of a classifier folder and where it came from (see the module docstring)."""
+    pooled = folder / OPERATING_POINT_FILE
+    if pooled.is_file():
+        return load_rule(pooled), str(pooled)
+    if len(folds) == 1 and (folder / f"fold_{folds[0]}" / OPERATING_POINT_FILE).is_file():
+        path = folder / f"fold_{folds[0]}" / OPERATING_POINT_FILE
+        return load_rule(path), str(path)
+    logger.warning("%s has no %s (train the classifier to fit one): stage two steps aside (nnU-Net alone)",
+                   folder, OPERATING_POINT_FILE)
+    return DecisionRule(), "identity (no operating point in the classifier folder)"
+
+
 class PLUSInference:
     """An ensemble of trained PLUS classifiers (one per fold) and how to build their inputs.
 
@@ -96,12 +112,16 @@ class PLUSInference:
     models : the networks (probabilities are averaged over them).
     schema : the dataset's lesion schema (class order = ``schema.lesions``).
     settings, target_spacing : the candidate bank's crop settings and ROI spacing (z, y, x) mm.
+    channel_names : the dataset's channel names the bank was built with (``normalisation="auto"``).
+    rule : the decision rule applied to the probabilities (:mod:`nnunet_plus.classifier.operating_point`;
+        default: the identity, i.e. nnU-Net alone).
     device : where the networks run; AMP (float16 autocast) on CUDA.
     chunk : candidates per forward pass.
     """
 
     def __init__(self, models: Sequence[PLUSClassifier], *, schema: LesionSchema, settings: BankSettings,
-                 target_spacing: Sequence[float], device: str | torch.device = "cpu",
+                 target_spacing: Sequence[float], channel_names: Sequence[str] | None = None,
+                 rule: DecisionRule | None = None, device: str | torch.device = "cpu",
                  chunk: int = DEFAULT_CHUNK) -> None:
         if not models:
             raise ValueError("PLUSInference needs at least one model")
@@ -110,6 +130,9 @@ class PLUSInference:
         self.schema = schema
         self.settings = settings
         self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.channel_names = None if channel_names is None else [str(n) for n in channel_names]
+        self.rule = rule or DecisionRule()
+        self.rule_source = "identity (no operating point given)" if rule is None else "given"
         self.chunk = int(chunk)
         channels = {m.in_channels for m in self.models}
         classes = {m.num_lesion_classes for m in self.models}
@@ -153,7 +176,8 @@ class PLUSInference:
             path = fold_dir / checkpoint
             ckpt = load_checkpoint(path)
             check_compatible(ckpt, schema, path=path, dataset=dataset)
-            crop_inputs = (ckpt["bank"]["settings"], list(ckpt["bank"]["target_spacing"]))
+            crop_inputs = (ckpt["bank"]["settings"], list(ckpt["bank"]["target_spacing"]),
+                           list(ckpt["bank"].get("channel_names") or []) or None)
             if reference is not None and crop_inputs != reference:
                 raise ValueError(f"{path} was trained on crops made with other settings than fold {folds[0]}; "
                                  "ensemble only folds trained on the same candidate bank")
@@ -163,17 +187,22 @@ class PLUSInference:
             models.append(model)
             logger.info("PLUS classifier fold %s: %s (epoch %d)", fold, path, ckpt["epoch"])
         settings = BankSettings.from_json(reference[0])
-        inference = cls(models, schema=schema, settings=settings, target_spacing=reference[1], device=device)
+        rule, source = _operating_point(folder, folds)
+        inference = cls(models, schema=schema, settings=settings, target_spacing=reference[1],
+                        channel_names=reference[2], rule=rule, device=device)
         inference.folds = list(folds)
+        inference.rule_source = source
+        logger.info("PLUS decision rule from %s: %s", source, rule.describe())
         return inference
 
     @torch.no_grad()
     def predict_inputs(self, crops: np.ndarray | torch.Tensor, priors: np.ndarray | torch.Tensor,
-                       liver: np.ndarray | torch.Tensor) -> np.ndarray:
+                       features: np.ndarray | torch.Tensor, liver: np.ndarray | torch.Tensor) -> np.ndarray:
         """Ensemble probabilities ``(N, L + 1)`` of one patient's prepared inputs: crops (N, C + 1, *roi),
-        priors (N, L), liver (C, *liver) (float arrays as in the candidate bank)."""
+        priors (N, L), candidate features (N, 3 + L), liver (C, *liver) (float arrays as in the candidate bank)."""
         crops = torch.as_tensor(np.asarray(crops, dtype=np.float32))
         priors = torch.as_tensor(np.asarray(priors, dtype=np.float32))
+        features = torch.as_tensor(np.asarray(features, dtype=np.float32))
         liver = torch.as_tensor(np.asarray(liver, dtype=np.float32))[None].to(self.device)
         n = crops.shape[0]
         total = torch.zeros((n, len(self.schema.lesions) + 1), dtype=torch.float32)
@@ -185,8 +214,8 @@ class PLUSInference:
                 stop = min(start + self.chunk, n)
                 index = torch.zeros(stop - start, dtype=torch.long, device=self.device)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-                    logits = model(crops[start:stop].to(self.device), priors[start:stop].to(self.device), liver,
-                                   index)
+                    logits = model(crops[start:stop].to(self.device), priors[start:stop].to(self.device),
+                                   features[start:stop].to(self.device), liver, index)
                 total[start:stop] += torch.softmax(logits.float(), dim=1).cpu()
         return (total / len(self.models)).numpy()
 
@@ -219,8 +248,13 @@ class PLUSInference:
             raise ValueError("analysis.detections lack the 'prior' of their candidates; run analyse_case with the "
                              "probabilities")
         crops, _, liver, _ = classifier_inputs(image, analysis, self.schema, spacing=spacing,
-                                               target_spacing=self.target_spacing, settings=self.settings)
+                                               target_spacing=self.target_spacing, settings=self.settings,
+                                               channel_names=self.channel_names)
         priors = np.array([r["prior"] for r in records], dtype=np.float32).reshape(len(records), num_classes)
+        index = {label: i for i, label in enumerate(self.schema.lesion_labels)}
+        features = candidate_features([0 if r.get("tier", "confident") == "confident" else 1 for r in records],
+                                      [r["max_probability"] for r in records], [r["volume_mm3"] for r in records],
+                                      [index[int(r["label"])] for r in records], num_classes)
         # the bank stores crops and livers as float16: round the same way
-        rows = self.predict_inputs(crops.astype(np.float16), priors, np.asarray(liver).astype(np.float16))
+        rows = self.predict_inputs(crops.astype(np.float16), priors, features, np.asarray(liver).astype(np.float16))
         return ClassifierOutput(rows, patient_probabilities(rows, self.schema))

@@ -8,12 +8,21 @@ Inputs of one batch (a set of ``B`` patients with ``N`` lesion candidates in all
   lesion border and its surroundings and can still learn to mask.
 * ``priors`` ``(N, C)``: nnU-Net's prior ``P`` per candidate, e.g. the mean softmax of each of the ``C``
   lesion classes over the candidate's voxels (values in [0, 1], rows summing to at most 1).
+* ``candidate_features`` ``(N, 3 + C)``: what nnU-Net said about the candidate beyond ``P``
+  (:func:`candidate_features`: tier, max probability, size, nnU-Net's class).
 * ``liver`` ``(B, in_channels, Lz, Ly, Lx)``: each patient's image masked to the liver (``I * M_H``),
   cropped and resampled to a fixed shape (e.g. ``32 x 64 x 64``, giving a ``4 x 4 x 4`` liver map).
 * ``lesion_to_patient`` ``(N,)`` long: the patient (row of ``liver``) of every candidate.
 
 Output: logits ``(N, C + 1)``; columns ``0..C-1`` are the lesion classes in the order of ``priors`` (the
 schema's ``lesions`` order), the last column is "not a lesion" (a false-positive candidate).
+
+Guarded by construction: ``logits = (1 + s) log(smoothed prior) + correction``. The correction is a linear head
+over the image features (lesion and liver encoders -> HDA -> prior fusion, GPR by default) concatenated with an
+embedding of the candidate features and of simple statistics of the crop (mean / spread of each image channel
+inside the candidate mask, in a ring around it and over the ROI, the mask's share of the ROI); that head
+starts at zero and ``s`` (a learnable prior scale, decayed towards 1) at 0, so an untrained network returns
+nnU-Net's prior (smoothed by ``PRIOR_SMOOTHING``, same ranking) and training learns only what to change.
 
 The prior is turned into a distribution over the ``C + 1`` output classes by :func:`prior_distribution`
 (the mass nnU-Net gave to non-lesion labels becomes the "not a lesion" entry); the fusion modes are
@@ -35,15 +44,16 @@ Contract for the candidate bank and the trainer (issue 5, items 1 and 4)
   one liver shape.
 * A batch is built from whole patients: concatenate the patients' candidates (a patient may have none),
   stack their livers, and set ``lesion_to_patient`` to each candidate's row in the liver stack. Per patient
-  the loss also needs ``patient_malignant`` and ``patient_tumor`` (0/1, from the reference, not from the
-  candidates: a tumour patient whose lesions were all missed by nnU-Net still has label 1).
-* Training step: ``logits = model(crops, priors, liver, index)`` under autocast, then
+  the loss also needs ``patient_malignant`` and ``patient_tumor`` (0/1): the reference labels the candidates
+  can reach (a patient is malignant only when one of its candidates is matched to a malignant reference
+  lesion; :mod:`nnunet_plus.classifier.data`).
+* Training step: ``logits = model(crops, priors, features, liver, index)`` under autocast, then
   ``plus_loss(logits, targets, index, patient_malignant, patient_tumor, num_patients=B, malignant_classes=...,
   benign_classes=..., class_weights=inverse_frequency_weights(train_counts))``; for ``fusion="distill"``
   (``model.needs_prior_target``) add ``distill_targets=prior_distribution(priors)`` and
   ``distill_weight=DEFAULT_DISTILL_WEIGHT``.
-* Inference: ``softmax(logits)``; a candidate is kept as a lesion unless "not a lesion" wins; its type is the
-  arg-max over the first ``C`` columns; the patient's malignant / tumour probabilities are the maxima over
+* Inference: ``softmax(logits)``, then the fitted decision rule of
+  :mod:`nnunet_plus.classifier.operating_point` (which candidates are kept, with which type); the patient's malignant / tumour probabilities are the maxima over
   its candidates of the summed malignant / (malignant + benign) columns, as in the loss.
 * Each lesion's logits depend only on its own crop, prior and its patient's liver (instance norm, per-lesion
   attention), so results do not depend on how candidates are batched.
@@ -52,12 +62,60 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nnunet_plus.classifier.encoders import DEFAULT_STEM_STRIDE, ResNetEncoder3d, encoder_preset
 from nnunet_plus.classifier.fusion import FUSION_MODES, build_fusion
 from nnunet_plus.classifier.hda import HierarchicalDualAttention
+
+#: share of a uniform distribution mixed into the prior before its log (bounds the base logits' gaps)
+PRIOR_SMOOTHING = 0.05
+#: width of the candidate-feature embedding
+CANDIDATE_EMBEDDING = 64
+#: voxels (each side) of the ring around the candidate mask whose intensities the crop statistics use
+RING_WIDTH = 2
+#: per image channel: mean and spread inside the mask, mean in the ring, mean over the ROI; plus the mask share
+CROP_STATISTICS_PER_CHANNEL = 4
+
+
+def candidate_features(tier, max_probability, volume_mm3, nnunet_class, num_lesion_classes: int) -> np.ndarray:
+    """``(N, 3 + C)`` float32 numpy features of ``N`` candidates: confident (1) / suspicious (0), nnU-Net's max
+    summed lesion probability over the candidate, ``log10(1 + volume mm3) / 4`` and the one-hot of nnU-Net's
+    class (``C`` columns; a class index ``>= C`` gives all zeros)."""
+    import numpy as np
+
+    tier = np.asarray(tier).reshape(-1)
+    n = tier.shape[0]
+    out = np.zeros((n, 3 + num_lesion_classes), dtype=np.float32)
+    out[:, 0] = tier == 0
+    out[:, 1] = np.asarray(max_probability, dtype=np.float32).reshape(-1)
+    out[:, 2] = np.log10(1.0 + np.maximum(np.asarray(volume_mm3, dtype=np.float64).reshape(-1), 0.0)) / 4.0
+    classes = np.asarray(nnunet_class, dtype=np.int64).reshape(-1)
+    valid = (classes >= 0) & (classes < num_lesion_classes)
+    out[np.flatnonzero(valid), 3 + classes[valid]] = 1.0
+    return out
+
+
+def crop_statistics(lesion_crops: torch.Tensor) -> torch.Tensor:
+    """``(N, 4 C + 1)`` statistics of ``(N, C + 1, Z, Y, X)`` crops (mask last): per image channel the mean and
+    standard deviation inside the mask, the mean in a ring of ``RING_WIDTH`` voxels around it and the ROI mean,
+    then the mask's share of the ROI."""
+    crops = lesion_crops.float()
+    image, mask = crops[:, :-1], crops[:, -1:].clamp(0.0, 1.0)
+    kernel = 2 * RING_WIDTH + 1
+    grown = F.max_pool3d(mask, kernel, stride=1, padding=RING_WIDTH)
+    ring = (grown - mask).clamp(min=0.0)
+
+    def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (values * weight).sum(dim=(2, 3, 4)) / weight.sum(dim=(2, 3, 4)).clamp(min=1e-6)
+
+    inside = weighted_mean(image, mask)
+    spread = weighted_mean((image - inside[..., None, None, None]) ** 2, mask).clamp(min=0.0).sqrt()
+    return torch.cat([inside, spread, weighted_mean(image, ring), image.mean(dim=(2, 3, 4)),
+                      mask.mean(dim=(1, 2, 3, 4))[:, None]], dim=1)
 
 
 def prior_distribution(priors: torch.Tensor) -> torch.Tensor:
@@ -127,7 +185,15 @@ class PLUSClassifier(nn.Module):
         self.dim = self.lesion_encoder.out_channels
         self.hda = HierarchicalDualAttention(self.dim, num_scales=hda_scales, num_heads=num_heads, dropout=dropout)
         self.fusion = build_fusion(fusion, self.dim, self.num_classes, num_heads=num_heads, dropout=dropout)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.dim, self.num_classes))
+        self.num_candidate_features = 3 + self.num_lesion_classes
+        statistics = CROP_STATISTICS_PER_CHANNEL * self.in_channels + 1
+        self.candidate_encoder = nn.Sequential(
+            nn.Linear(self.num_candidate_features + statistics, CANDIDATE_EMBEDDING), nn.GELU(),
+            nn.Linear(CANDIDATE_EMBEDDING, CANDIDATE_EMBEDDING), nn.GELU())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.dim + CANDIDATE_EMBEDDING, self.num_classes))
+        nn.init.zeros_(self.head[-1].weight)  # the guard: an untrained network adds nothing to the prior
+        nn.init.zeros_(self.head[-1].bias)
+        self.prior_scale = nn.Parameter(torch.zeros(()))  # s of (1 + s) log prior; weight decay pulls it to 0
 
     @property
     def needs_prior_target(self) -> bool:
@@ -149,28 +215,36 @@ class PLUSClassifier(nn.Module):
             raise ValueError(f"bad PLUSClassifier config: missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(config.pop("in_channels"), config.pop("num_lesion_classes"), **config)
 
-    def forward(self, lesion_crops: torch.Tensor, priors: torch.Tensor, liver: torch.Tensor,
-                lesion_to_patient: torch.Tensor) -> torch.Tensor:
+    def forward(self, lesion_crops: torch.Tensor, priors: torch.Tensor, candidate_features: torch.Tensor,
+                liver: torch.Tensor, lesion_to_patient: torch.Tensor) -> torch.Tensor:
         """Classify ``N`` candidates of ``B`` patients; returns logits ``(N, C + 1)`` (see the module doc)."""
-        n = self._check_inputs(lesion_crops, priors, liver, lesion_to_patient)
+        n = self._check_inputs(lesion_crops, priors, candidate_features, liver, lesion_to_patient)
         if n == 0:  # still a graph node of the head, so a loss on it can call backward()
-            return self.head(lesion_crops.new_zeros((0, self.dim)))
+            return self.head(lesion_crops.new_zeros((0, self.dim + CANDIDATE_EMBEDDING)))
         # encode only the livers of patients that have candidates
         patients, local_index = torch.unique(lesion_to_patient, return_inverse=True)
         liver_map = self.liver_encoder(liver.index_select(0, patients))
         lesion_map = self.lesion_encoder(lesion_crops)
+        prior = prior_distribution(priors)
         features = self.hda(lesion_map, liver_map, local_index)
-        features = self.fusion(features, prior_distribution(priors))
-        return self.head(features)
+        features = self.fusion(features, prior)
+        described = self.candidate_encoder(torch.cat([candidate_features.float(), crop_statistics(lesion_crops)],
+                                                     dim=1).to(features.dtype))
+        correction = self.head(torch.cat([features, described], dim=1))
+        smoothed = (1.0 - PRIOR_SMOOTHING) * prior + PRIOR_SMOOTHING / self.num_classes
+        return (1.0 + self.prior_scale) * smoothed.log() + correction.float()
 
-    def _check_inputs(self, lesion_crops: torch.Tensor, priors: torch.Tensor, liver: torch.Tensor,
-                      lesion_to_patient: torch.Tensor) -> int:
+    def _check_inputs(self, lesion_crops: torch.Tensor, priors: torch.Tensor, candidate_features: torch.Tensor,
+                      liver: torch.Tensor, lesion_to_patient: torch.Tensor) -> int:
         if lesion_crops.ndim != 5 or lesion_crops.shape[1] != self.in_channels + 1:
             raise ValueError(f"lesion_crops must be (N, {self.in_channels + 1}, Dz, Dy, Dx) (image channels + mask), "
                              f"got {tuple(lesion_crops.shape)}")
         n = lesion_crops.shape[0]
         if priors.shape != (n, self.num_lesion_classes):
             raise ValueError(f"priors must be ({n}, {self.num_lesion_classes}), got {tuple(priors.shape)}")
+        if candidate_features.shape != (n, self.num_candidate_features):
+            raise ValueError(f"candidate_features must be ({n}, {self.num_candidate_features}) (see "
+                             f"candidate_features()), got {tuple(candidate_features.shape)}")
         if liver.ndim != 5 or liver.shape[1] != self.in_channels:
             raise ValueError(f"liver must be (B, {self.in_channels}, Lz, Ly, Lx), got {tuple(liver.shape)}")
         if lesion_to_patient.shape != (n,) or lesion_to_patient.dtype != torch.long:

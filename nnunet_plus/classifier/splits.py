@@ -9,6 +9,11 @@ candidate of its own validation cases nor one made by a network that trained on 
 :func:`fold_cases` reads the split, :func:`check_bank_for_fold` checks that the bank holds every case the
 fold needs and that none of them leaks (a case exported by a fold that trained on it, a case in both
 sets); errors name the cases and the nnU-Net folds to train or validate.
+
+Lesion-shuffled copies (``bank.json`` entries with ``"shuffle_of": <original>``, see
+:mod:`nnunet_plus.classifier.shuffle`) are not in nnU-Net's split: a copy is a training case of fold k exactly
+when its original is, and never a validation case (a copy of a validation case would show the fold its own
+validation lesions).
 """
 from __future__ import annotations
 
@@ -102,11 +107,18 @@ def check_bank_for_fold(bank_cases: Mapping[str, Mapping], splits: Sequence[Mapp
     fold : the classifier fold.
     train_command : shown in the error message, how to make the missing exports (``FOLD`` is replaced).
 
+    Returns the split's cases; ``train`` also holds the lesion-shuffled copies (``"shuffle_of"`` in their
+    ``bank.json`` entry) of the training cases, sorted with them. Copies of validation cases are left out.
+
     Raises :class:`SplitError` when a needed case has no bank file (its out-of-fold softmax was not exported:
-    the message names the nnU-Net folds to train / validate) or when a case's softmax was exported by an
-    nnU-Net fold that trained on it.
+    the message names the nnU-Net folds to train / validate), when a case's softmax was exported by an
+    nnU-Net fold that trained on it, or when the split names a shuffled copy.
     """
     cases = fold_cases(splits, fold)
+    named_copies = [c for c in cases.train + cases.val if bank_cases.get(c, {}).get("shuffle_of") is not None]
+    if named_copies:
+        raise SplitError(f"the split of fold {fold} names lesion-shuffled bank copies {named_copies[:5]}; the split "
+                         "must list original cases only (copies follow their original)")
     missing = [c for c in cases.train + cases.val if c not in bank_cases]
     if missing:
         folds = sorted({k for c in missing for k in _validation_fold(splits, c)})
@@ -116,10 +128,14 @@ def check_bank_for_fold(bank_cases: Mapping[str, Mapping], splits: Sequence[Mapp
             f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): their out-of-fold softmax was not "
             f"exported. Train / validate the nnU-Net fold(s) {folds} whose validation sets hold them ({commands}; "
             "add --val to only rerun a finished fold's validation), then rerun this command")
+    train = set(cases.train)
+    copies = tuple(c for c, entry in bank_cases.items() if entry.get("shuffle_of") in train)
+    cases = FoldCases(cases.fold, tuple(sorted(cases.train + copies)), cases.val)
     leaking = []
     for case in cases.train + cases.val:
         source = softmax_fold(bank_cases[case].get("softmax", ""))
-        if source is not None and source < len(splits) and case in splits[source]["train"]:
+        original = bank_cases[case].get("shuffle_of") or case
+        if source is not None and source < len(splits) and original in splits[source]["train"]:
             leaking.append(f"{case} (exported by fold {source}, which trained on it)")
     if leaking:
         raise SplitError(f"candidate bank cases whose softmax is not out-of-fold: {'; '.join(leaking[:5])}; the "

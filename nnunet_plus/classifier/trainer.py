@@ -16,12 +16,18 @@ malignant / benign F1 of the refinement rule, :mod:`nnunet_plus.classifier.bank_
 ``checkpoint_best.pth`` keeps the epoch with the best validation **lesion F1** (``best_metric``; ties keep the
 earlier epoch): lesion F1 is the headline PLUS is meant to raise, and it moves with every candidate decision,
 whereas patient F1 on a few dozen validation patients changes in steps of one patient. ``patient_f1`` can be
-chosen instead. At the end ``checkpoint_final.pth`` is written (what inference uses by default, like nnU-Net)
-and the final model is evaluated end to end (:mod:`nnunet_plus.classifier.validation`):
-``validation/summary.json`` compares nnU-Net alone with nnU-Net + PLUS on the validation cases.
+chosen instead. At the end ``checkpoint_final.pth`` is written (what inference uses by default, like nnU-Net;
+a new training always replaces it), the decision rule is fitted on the validation cases
+(:mod:`nnunet_plus.classifier.operating_point`: ``fold_k/operating_point.json`` for this fold and
+``operating_point.json`` beside the folds, pooled over every finished fold's validation cases) and the final
+model is evaluated end to end with the fold's rule (:mod:`nnunet_plus.classifier.validation`):
+``validation/summary.json`` compares nnU-Net alone with nnU-Net + PLUS on the validation cases. The rule was
+chosen on these same cases, so that comparison is in-sample for the rule's three thresholds (out-of-sample for
+the network); held-out figures come from ``nnunet_plus_evaluate`` on test cases (benchmarks/bench_efficacy.py).
 
 Output folder (``fold_k``): ``training_log_<time>.txt``, ``progress.png``, ``checkpoint_{latest,best,final}.pth``
-(:mod:`nnunet_plus.classifier.checkpoint`), ``validation/``.
+(:mod:`nnunet_plus.classifier.checkpoint`), ``operating_point.json``, ``validation/`` (with
+``candidate_probabilities.npz``).
 """
 from __future__ import annotations
 
@@ -39,21 +45,26 @@ import torch
 from tqdm import tqdm
 
 from nnunet_plus.classifier.bank_io import BankSettings, read_bank_metadata
-from nnunet_plus.classifier.bank_metrics import nnunet_lesion_metrics, score_cases
+from nnunet_plus.classifier.bank_metrics import NETWORK_RULE, nnunet_lesion_metrics, score_cases
 from nnunet_plus.classifier.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from nnunet_plus.classifier.data import Augmentation, CandidateDataset, PatientBatch, collate_patients
 from nnunet_plus.classifier.inference import resolve_device
 from nnunet_plus.classifier.loss import DEFAULT_DISTILL_WEIGHT, inverse_frequency_weights, plus_loss
 from nnunet_plus.classifier.model import PLUSClassifier, prior_distribution
+from nnunet_plus.classifier.operating_point import (OBJECTIVES, OPERATING_POINT_FILE, DecisionRule, FittedRule,
+                                                    fit_rule, save_rule)
 from nnunet_plus.schema import LesionSchema
 
-__all__ = ["BEST_METRICS", "PLUSClassifierTrainer", "TrainerSettings"]
+__all__ = ["BEST_METRICS", "CANDIDATE_TABLES_FILE", "PLUSClassifierTrainer", "TrainerSettings",
+           "load_candidate_tables", "save_candidate_tables"]
 
 logger = logging.getLogger(__name__)
 
 BEST_METRICS = ("lesion_f1", "patient_f1")
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
 LOSS_KEYS = ("total", "lesion", "patient", "screening", "distill")
+#: the fold model's PLUS probabilities of its validation candidates (pooled into the folder's operating point)
+CANDIDATE_TABLES_FILE = "candidate_probabilities.npz"
 #: start of the error raised when a fold's training cases hold no candidate (the demo recognises it)
 NO_CANDIDATE_ERROR = "nnU-Net found no lesion candidate in the"
 
@@ -71,7 +82,10 @@ class TrainerSettings:
     preset, fusion, dropout : the network (:class:`~nnunet_plus.classifier.model.PLUSClassifier`).
     seed : seeds the network initialisation, the epoch order and the augmentation.
     flip_p, intensity_scale, intensity_shift : crop augmentation (:class:`~nnunet_plus.classifier.data.Augmentation`).
-    best_metric : ``"lesion_f1"`` (default) or ``"patient_f1"`` for checkpoint_best.
+    best_metric : ``"lesion_f1"`` (default) or ``"patient_f1"`` for checkpoint_best (scored with the network's own
+        answer, :data:`~nnunet_plus.classifier.bank_metrics.NETWORK_RULE`).
+    objective : what the operating point maximises on the validation cases (``"lesion_f1"``, ``"malignant_f1"``,
+        ``"benign_f1"``, ``"patient_f1"``).
     save_every : write checkpoint_latest every this many epochs.
     """
 
@@ -91,6 +105,7 @@ class TrainerSettings:
     intensity_scale: float = 0.05
     intensity_shift: float = 0.02
     best_metric: str = "lesion_f1"
+    objective: str = "lesion_f1"
     save_every: int = 1
 
     def __post_init__(self) -> None:
@@ -99,6 +114,8 @@ class TrainerSettings:
         if not self.learning_rate > 0 or self.weight_decay < 0:
             raise ValueError(f"need learning_rate > 0 and weight_decay >= 0, got {self.learning_rate}, "
                              f"{self.weight_decay}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.best_metric not in BEST_METRICS:
             raise ValueError(f"best_metric must be one of {BEST_METRICS}, got {self.best_metric!r}")
         if not 0 <= self.class_weight_power <= 2:
@@ -117,6 +134,22 @@ class TrainerSettings:
     def from_json(cls, block: Mapping) -> "TrainerSettings":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in block.items() if k in known})
+
+
+def save_candidate_tables(path: Path, cases: Sequence[str], tables: Sequence[np.ndarray]) -> None:
+    """Write per-case ``(N_i, L + 1)`` probability tables as an npz (``cases`` + ``table_<i>``; atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, cases=np.array([str(c) for c in cases]),
+                 **{f"table_{i}": np.asarray(t, dtype=np.float32) for i, t in enumerate(tables)})
+    os.replace(tmp, path)
+
+
+def load_candidate_tables(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    """``(cases, tables)`` of :func:`save_candidate_tables` (no pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        cases = [str(c) for c in data["cases"]]
+        return cases, [np.asarray(data[f"table_{i}"]) for i in range(len(cases))]
 
 
 def _rng_state() -> dict:
@@ -185,6 +218,7 @@ class PLUSClassifierTrainer:
         self.best: dict = {"epoch": None, "metric": self.settings.best_metric, "value": None}
         self.epoch = 0
         self.model: PLUSClassifier | None = None
+        self.rule = DecisionRule()
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def initialize(self) -> None:
@@ -273,7 +307,7 @@ class PLUSClassifierTrainer:
     # ---- one epoch --------------------------------------------------------------------------------------
     def _loss(self, batch: PatientBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.model(batch.crops, batch.priors, batch.liver, batch.lesion_to_patient)
+            logits = self.model(batch.crops, batch.priors, batch.features, batch.liver, batch.lesion_to_patient)
         extra = {}
         if self.model.needs_prior_target:
             extra = {"distill_targets": prior_distribution(batch.priors), "distill_weight": DEFAULT_DISTILL_WEIGHT}
@@ -327,7 +361,7 @@ class PLUSClassifierTrainer:
                 for key in LOSS_KEYS:
                     sums[key] += float(losses[key])
                 steps += 1
-        scores = score_cases([self.val_data.bank(i) for i in range(len(self.val_data))], tables,
+        scores = score_cases([self.val_data.bank(i) for i in range(len(self.val_data))], tables, rule=NETWORK_RULE,
                              malignant_classes=self.malignant_classes, benign_classes=self.benign_classes,
                              min_volume_mm3=self.schema.min_lesion_volume_mm3)
         record = {f"val_{key}": value / max(steps, 1) for key, value in sums.items()}
@@ -343,7 +377,8 @@ class PLUSClassifierTrainer:
         if self.model is None:
             self.initialize()
         final, latest = self.output_folder / FINAL, self.output_folder / LATEST
-        if continue_training and final.is_file():
+        finished_before = continue_training and final.is_file()
+        if finished_before:
             self.load(final)
             self.log(f"{final} exists: training is complete (epoch {self.epoch})")
         elif continue_training and latest.is_file():
@@ -373,12 +408,47 @@ class PLUSClassifierTrainer:
                 self.save(LATEST)
             self._log_epoch(record, improved)
             self._plot()
-        if not final.is_file():
+        if not finished_before:  # a new training replaces an earlier final checkpoint
             self.save(FINAL)
             latest.unlink(missing_ok=True)
+        self.fit_operating_point()
         if not validate:
             return None
         return self.final_validation()
+
+    # ---- operating point ------------------------------------------------------------------------------
+    def fit_operating_point(self) -> FittedRule:
+        """Fit the decision rule on this fold's validation cases (``fold_k/operating_point.json``, the tables in
+        ``fold_k/validation/candidate_probabilities.npz``), then the classifier folder's rule on every fold's
+        validation cases found there (``operating_point.json`` beside the folds: what prediction uses)."""
+        _, tables = self.validate()
+        banks = [self.val_data.bank(i) for i in range(len(self.val_data))]
+        validation = self.output_folder / "validation"
+        validation.mkdir(parents=True, exist_ok=True)
+        save_candidate_tables(validation / CANDIDATE_TABLES_FILE, self.val_cases, tables)
+        options = dict(malignant_classes=self.malignant_classes, benign_classes=self.benign_classes,
+                       objective=self.settings.objective, min_volume_mm3=self.schema.min_lesion_volume_mm3)
+        fitted = fit_rule(banks, tables, folds=[self.fold], **options)
+        save_rule(fitted, self.output_folder / OPERATING_POINT_FILE)
+        self.log(f"fold {self.fold} " + fitted.describe())
+        pooled_banks, pooled_tables, folds = [], [], []
+        for fold_dir in sorted(self.output_folder.parent.glob("fold_*")):
+            source = fold_dir / "validation" / CANDIDATE_TABLES_FILE
+            if not (fold_dir / FINAL).is_file() or not source.is_file():
+                continue
+            cases, fold_tables = load_candidate_tables(source)
+            if not set(cases) <= set(self.metadata["cases"]):
+                self.log(f"{source} holds cases that are not in the candidate bank; not pooled")
+                continue
+            data = CandidateDataset(self.bank_dir, cases, metadata=self.metadata)
+            pooled_banks += [data.bank(i) for i in range(len(data))]
+            pooled_tables += fold_tables
+            folds.append(fold_dir.name[len("fold_"):])
+        pooled = fit_rule(pooled_banks, pooled_tables, folds=folds, **options)
+        save_rule(pooled, self.output_folder.parent / OPERATING_POINT_FILE)
+        self.log(f"classifier (folds {', '.join(folds)}) " + pooled.describe())
+        self.rule = fitted.rule
+        return pooled
 
     def final_validation(self) -> dict:
         """Evaluate the current (final) model end to end on the validation cases: ``validation/summary.json``."""
@@ -388,7 +458,8 @@ class PLUSClassifierTrainer:
 
         inference = PLUSInference([self.model], schema=self.schema,
                                   settings=BankSettings.from_json(self.metadata["settings"]),
-                                  target_spacing=self.metadata["target_spacing"], device=self.device)
+                                  target_spacing=self.metadata["target_spacing"],
+                                  channel_names=self.metadata["channel_names"], rule=self.rule, device=self.device)
         bank_level = self.history[-1]["lesion_f1"] if self.history else None
         summary = evaluate_classifier(
             inference, self.val_cases, bank_metadata=self.metadata, raw_dataset_dir=self.raw_dataset_dir,

@@ -8,11 +8,13 @@ How the reported lesions are decided
   detections at the *first* (confident) sensitivity, normally f = 1, i.e. nnU-Net's own argmax. Each keeps
   nnU-Net's class (seg2det's voxel vote); its ``probability`` is the nnU-Net prior of that class (mean softmax
   over the lesion). Tier ``"confident"``.
-* **with the classifier**: the candidates are the detections at the *highest* sensitivity (tiers
-  ``"confident"`` / ``"suspicious"``). From its PLUS probabilities (lesion types + ``not_a_lesion``, fold
-  ensemble) a candidate is **rejected** when ``not_a_lesion`` outweighs all lesion types together, else it is
-  reported with its most probable lesion type (:func:`nnunet_plus.classifier.bank_metrics.decide`, the rule
-  the classifier is validated with). Its ``probability`` is the PLUS probability of its class.
+* **with the classifier**: the candidates are nnU-Net's f = 1 lesions (tier ``"confident"``) and the lesions
+  of the *highest* sensitivity that touch none of them (``"suspicious"``; ``analyse_case``). Their PLUS
+  probabilities (lesion types + ``not_a_lesion``, fold ensemble) go through the classifier's fitted decision
+  rule (:func:`nnunet_plus.classifier.operating_point.apply_rule`: which confident lesions are rejected or
+  retyped, which suspicious ones are reported). Its ``probability`` is the PLUS probability of its class.
+  With the identity rule (no rule beat nnU-Net alone on validation, or none was fitted) the reported lesions,
+  their classes and the label map are exactly nnU-Net alone's, and the patient probabilities stay LiverMax.
 * In both modes a lesion whose ``probability`` is below ``min_probability`` (``--min-probability``, default 0:
   off) is rejected as well.
 
@@ -30,7 +32,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.classifier.bank_metrics import decide
+from nnunet_plus.classifier.operating_point import apply_rule
 from nnunet_plus.predict.inputs import Geometry
 from nnunet_plus.schema import LesionSchema
 
@@ -74,7 +76,8 @@ class CaseRefiner:
     ----------
     schema : the dataset's lesion schema (its ``sensitivities`` are the multi-sensitivity factors).
     classifier : a ``PLUSInference`` (nnunet_plus.classifier.inference) or None for nnU-Net-only output.
-    min_probability : reject reported lesions whose probability is below this value (0 = off).
+    min_probability : reject reported lesions whose probability is below this value (0 = off); the probability
+        is PLUS's for its class, or nnU-Net's prior when the decision rule is the identity.
     connectivity, dilate_mm : passed to ``analyse_case`` (seg2det connectivity, LiverMax liver dilation).
     """
 
@@ -123,7 +126,12 @@ class CaseRefiner:
         labels = list(schema.lesion_labels)
         detections = analysis.base_detections if plus is None else analysis.detections
         table = None if plus is None else np.asarray(plus.lesion_probabilities, dtype=np.float64)
-        flags, classes = (None, None) if table is None else decide(table)
+        flags = classes = None
+        if table is not None:
+            class_of = {label: i for i, label in enumerate(labels)}
+            tiers = [0 if rec.get("tier", "confident") == "confident" else 1 for rec in detections.lesions]
+            flags, classes = apply_rule(self.classifier.rule, table, tier=np.asarray(tiers, dtype=np.int64),
+                                        nnunet_class=[class_of[int(rec["label"])] for rec in detections.lesions])
         reported, rejected = [], []
         for index, rec in enumerate(detections.lesions):
             prior_by_name = {n: float(p) for n, p in zip(names, rec["prior"])}
@@ -142,7 +150,10 @@ class CaseRefiner:
                 out["plus"] = {n: float(p) for n, p in zip([*names, NOT_A_LESION], row)}
                 is_lesion, best = bool(flags[index]), int(classes[index])
                 label = labels[best] if is_lesion else int(rec["label"])
-                probability = float(row[best]) if is_lesion else 1.0 - float(row[-1])
+                if self.classifier.rule.is_identity:  # nnU-Net decided: its own probability, as without PLUS
+                    probability = prior_by_name[schema.label_name(label)]
+                else:
+                    probability = float(row[best]) if is_lesion else 1.0 - float(row[-1])
             out["label"] = label
             out["class"] = schema.label_name(label)
             out["probability"] = float(probability)
@@ -167,15 +178,16 @@ class CaseRefiner:
         from nnunet_plus.postprocessing.classify import classify_patient
 
         patient_label = classify_patient([rec["label"] for rec in reported], schema.priority_labels)
+        steps_aside = plus is None or self.classifier.rule.is_identity
         livermax = {schema.label_name(int(k)): float(v) for k, v in analysis.livermax.items()}
         livermax_probabilities = {**{k: float(v) for k, v in analysis.patient.items()}, **livermax}
         patient = {
             "class": "normal" if patient_label == 0 else schema.label_name(patient_label),
             "n_lesions": len(reported),
             "livermax": livermax,
-            "probabilities": dict(livermax_probabilities) if plus is None
+            "probabilities": dict(livermax_probabilities) if steps_aside
             else {k: float(v) for k, v in plus.patient.items()},
-            "probability_source": "livermax" if plus is None else "plus",
+            "probability_source": "livermax" if steps_aside else "plus",
             "livermax_probabilities": livermax_probabilities,
         }
         record = {
@@ -186,6 +198,7 @@ class CaseRefiner:
             "direction": list(geometry.direction),
             "sensitivities": [float(f) for f in schema.sensitivities],
             "classifier": plus is not None,
+            "operating_point": None if plus is None else self.classifier.rule.describe(),
             "lesions": reported,
             "rejected": rejected,
             "patient": patient,

@@ -18,7 +18,7 @@ from nnunet_plus.schema import build_schema
 LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}
 SCHEMA = build_schema(LABELS, liver=("liver",), lesions=("hcc", "cyst"), sensitivities=(1.0, 4.0))
 SPACING = (2.0, 1.0, 1.0)
-SMALL = BankSettings(roi_shape=(8, 16, 16), liver_shape=(4, 16, 16))
+SMALL = BankSettings(roi_fov="fixed", roi_shape=(8, 16, 16), liver_shape=(4, 16, 16))
 HCC, CYST, NOT_A_LESION = 0, 1, 2
 
 # lesion boxes (z, y, x slices); ids follow the raster order of each lesion's first voxel
@@ -147,7 +147,7 @@ def test_multichannel_case_keeps_all_channels():
 
 
 def replace_settings(**changes) -> BankSettings:
-    return BankSettings(**{**SMALL.to_json(), **changes})
+    return BankSettings.from_json({**SMALL.to_json(), **changes})
 
 
 def test_case_rejects_bad_inputs():

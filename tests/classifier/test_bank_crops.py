@@ -7,6 +7,8 @@ import pytest
 from nnunet_plus.classifier.crops import (bounding_box, candidate_rois, lesion_grid, lesion_roi, liver_input,
                                           normalise_intensity, sample_grid)
 
+DEMO_SPACING = (6.0, 5.0, 5.0)  # the demo's voxel spacing (z, y, x) mm
+
 
 def _ramp_image(shape=(40, 100, 100), channels=1):
     """Channel c holds 1000*c + 10000*z + 100*y + x: every voxel identifies its position."""
@@ -146,6 +148,158 @@ def test_sample_grid_downsampling_is_antialiased():
     smooth = sample_grid(stripes, grid, pad_mode="edge")
     # Gaussian sigma = (2 - 1) / 2 = 0.5 voxel (skimage's rule) damps the Nyquist stripes: error 0.5 -> < 0.3
     assert np.abs(smooth - 0.5).max() < 0.3
+
+
+# ---- lesion-scale field of view (roi_fov="lesion") ----------------------------------------------------------
+def _fov_mm(grid, spacing):
+    """Physical extent (z, y, x) mm of a grid: output voxels x output spacing."""
+    return np.array([grid.shape[a] * grid.step[a] * spacing[a] for a in range(3)])
+
+
+@pytest.mark.parametrize("bbox, context, floor, side", [
+    # 2 x 2 x 2 voxels = 12 x 10 x 10 mm: 2 x 12 = 24 mm < floor 32 mm -> the floor
+    ([20, 60, 60, 22, 62, 62], 2.0, 32.0, 32.0),
+    # 10 x 12 x 8 voxels = 60 x 60 x 40 mm: 2 x 60 = 120 mm > floor -> context x the longest side
+    ([10, 40, 40, 20, 52, 48], 2.0, 32.0, 120.0),
+    # flat lesion, longest side in-plane: 1 x 16 x 4 voxels = 6 x 80 x 20 mm; 1.5 x 80 = 120 mm
+    ([5, 10, 10, 6, 26, 14], 1.5, 32.0, 120.0),
+    # small lesion with a higher floor
+    ([20, 60, 60, 22, 62, 62], 2.0, 50.0, 50.0),
+])
+def test_lesion_fov_is_a_cube_of_context_times_extent_with_floor(bbox, context, floor, side):
+    """The lesion rule's field of view is a cube of side max(floor, context x longest bounding-box side) mm.
+
+    Parameters
+    ----------
+    bbox : lesion bounding box in voxels at the demo spacing 6 x 5 x 5 mm.
+    context, floor : ``roi_context`` and ``roi_min_mm``.
+    side : expected side of the field of view in mm.
+    """
+    target = (3.0, 1.0, 1.0)
+    grid, scale = lesion_grid(bbox, spacing=DEMO_SPACING, target_spacing=target, roi_fov="lesion",
+                              roi_context=context, roi_min_mm=floor)
+    assert grid.shape == (16, 32, 32)  # the lesion rule's default grid
+    np.testing.assert_allclose(_fov_mm(grid, DEMO_SPACING), [side, side, side])
+    np.testing.assert_allclose(grid.centre, [(bbox[a] + bbox[a + 3] - 1) / 2 for a in range(3)])
+    # scale: geometric mean of output spacing / target spacing = (side/16/3 * side/32 * side/32) ** (1/3)
+    expected = ((side / 16 / 3.0) * (side / 32) ** 2) ** (1 / 3)
+    assert scale == pytest.approx(expected)
+
+
+def test_lesion_fov_depends_on_the_lesion_only_and_scale_grows_with_size():
+    """The lesion rule's field of view does not depend on the target spacing; ``roi_scale`` is the zoom relative to
+    it (geometric mean over the axes) and grows with the lesion above the floor."""
+    bbox = [0, 0, 0, 6, 10, 10]  # 36 x 50 x 50 mm at 6 x 5 x 5 mm -> a 100 mm cube
+    scales = []
+    for target in ((6.0, 5.0, 5.0), (1.0, 0.5, 0.5)):
+        grid, scale = lesion_grid(bbox, spacing=DEMO_SPACING, target_spacing=target, roi_fov="lesion")
+        np.testing.assert_allclose(_fov_mm(grid, DEMO_SPACING), [100.0] * 3)
+        scales.append(scale)
+    # the same grid against a target spacing 6 x 10 x 10 times finer: zoom (6 * 10 * 10) ** (1/3) times larger
+    assert scales[1] / scales[0] == pytest.approx((6 * 10 * 10) ** (1 / 3))
+    # cubes of n voxels: longest side 6 n mm (z); 2 x 6 n <= 32 mm for n = 1, 2 (floor), then 12 n mm
+    sizes = [lesion_grid([0, 0, 0, n, n, n], spacing=DEMO_SPACING, target_spacing=DEMO_SPACING, roi_fov="lesion")[1]
+             for n in (1, 2, 3, 5, 10)]
+    assert sizes[0] == sizes[1] and np.all(np.diff(sizes[1:]) > 0)
+    assert sizes[4] / sizes[3] == pytest.approx(2.0)
+
+
+def test_lesion_crop_is_centred_and_upsampled_linearly():
+    """A ramp image (linear in z, y, x) is reproduced exactly by the trilinear upsampling of a small lesion's
+    crop, and the crop's centre is the bounding box's centre."""
+    image = _ramp_image((40, 100, 100))
+    mask = np.zeros(image.shape[1:], bool)
+    mask[20:22, 50:52, 40:42] = True  # 12 x 10 x 10 mm at 6 x 5 x 5 mm: floor 32 mm -> 2 / 1 / 1 mm voxels
+    roi = lesion_roi(image, mask, spacing=DEMO_SPACING, target_spacing=DEMO_SPACING, roi_fov="lesion")
+    assert roi.shape == (2, 16, 32, 32) and roi.dtype == np.float32
+    # output voxel (o_z, o_y, o_x) sits at input (20.5 + (o_z - 7.5) / 3, 50.5 + (o_y - 15.5) / 5, ...)
+    oz, oy, ox = np.meshgrid(np.arange(16), np.arange(32), np.arange(32), indexing="ij")
+    expected = (10000.0 * (20.5 + (oz - 7.5) * 2 / 6) + 100.0 * (50.5 + (oy - 15.5) / 5)
+                + (40.5 + (ox - 15.5) / 5))
+    np.testing.assert_allclose(roi[0], expected, rtol=1e-6)
+    # the soft mask is symmetric about the crop's centre and peaks there
+    np.testing.assert_allclose(roi[1], roi[1][::-1, ::-1, ::-1], atol=1e-6)
+    assert roi[1, 7:9, 15:17, 15:17].min() == pytest.approx(roi[1].max())
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 32), (24, 24, 24), (8, 64, 16)])
+def test_large_lesion_spans_one_over_context_of_the_crop(shape):
+    """A lesion above the floor spans 1 / roi_context of the crop along its longest axis, and its aspect is kept
+    (cube field of view) whatever ``roi_shape``.
+
+    Parameters
+    ----------
+    shape : ``roi_shape`` of the crop.
+    """
+    image = np.zeros((1, 70, 120, 120), np.float32)
+    mask = np.zeros(image.shape[1:], bool)
+    mask[15:55, 20:100, 40:80] = True  # 40 x 80 x 40 mm at 1 mm: longest side 80 mm -> a 160 mm cube
+    roi = lesion_roi(image, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1), roi_shape=shape, roi_fov="lesion",
+                     mask_order=0)
+    inside = np.argwhere(roi[1] > 0.5)
+    extent = inside.max(0) - inside.min(0) + 1
+    np.testing.assert_allclose(extent, [40 / 160 * shape[0], 80 / 160 * shape[1], 40 / 160 * shape[2]], atol=1.0)
+    # fully inside the crop: the lesion never touches its border
+    assert inside.min() >= 1 and np.all(inside.max(0) <= np.array(shape) - 2)
+
+
+@pytest.mark.parametrize("roi_fov, low, high", [("lesion", 0.03, 0.05), ("fixed", 1e-4, 2e-4)])
+def test_small_lesion_share_of_the_crop(roi_fov, low, high):
+    """A 10 mm lesion (2 x 2 x 2 voxels = 12 x 10 x 10 mm at the demo's 6 x 5 x 5 mm) fills ~3.7 % of the mask
+    channel of its lesion-scale crop (1200 mm3 / 32 mm cube) but ~0.012 % of the fixed 16 x 64 x 64 ROI at the
+    target spacing (96 x 320 x 320 mm).
+
+    Parameters
+    ----------
+    roi_fov : field-of-view rule.
+    low, high : bounds of the mask channel's mean (the lesion's share of the crop's volume).
+    """
+    image = np.zeros((1, 40, 120, 120), np.float32)
+    mask = np.zeros(image.shape[1:], bool)
+    mask[20:22, 60:62, 60:62] = True
+    rois, scales = candidate_rois(image, mask.astype(np.uint8), [1], [bounding_box(mask)], spacing=DEMO_SPACING,
+                                  target_spacing=DEMO_SPACING, roi_fov=roi_fov)
+    share = float(rois[0, -1].mean())
+    assert low < share < high
+    assert share == pytest.approx(12 * 10 * 10 / float(np.prod(_fov_mm(
+        lesion_grid(bounding_box(mask), spacing=DEMO_SPACING, target_spacing=DEMO_SPACING, roi_fov=roi_fov)[0],
+        DEMO_SPACING))), rel=0.05)  # linear interpolation keeps the mask's volume
+    assert scales[0] == pytest.approx(1.0 if roi_fov == "fixed" else (2 / 6 * 1 / 5 * 1 / 5) ** (1 / 3))
+
+
+def test_lesion_rule_downsampling_is_antialiased():
+    """A large lesion's crop is a downsampling; the lesion rule uses the same anti-aliasing as the fixed rule."""
+    stripes = (np.indices((40, 200, 200))[1] % 2).astype(np.float32)[None]  # rows alternate 0 / 1
+    mask = np.zeros(stripes.shape[1:], bool)
+    mask[10:30, 50:150, 50:150] = True  # 100 mm at 1 mm: a 200 mm cube on 32 in-plane voxels, step 6.25
+    grid, _ = lesion_grid(bounding_box(mask), spacing=(1, 1, 1), target_spacing=(1, 1, 1), roi_fov="lesion")
+    assert grid.step == pytest.approx((12.5, 6.25, 6.25))
+    aliased = sample_grid(stripes[0], grid, pad_mode="edge", antialias=False)
+    assert np.abs(aliased - 0.5).max() > 0.3  # samples at quarter rows: 0.125 / 0.375 / 0.625 / 0.875
+    roi = lesion_roi(stripes, mask, spacing=(1, 1, 1), target_spacing=(1, 1, 1), roi_fov="lesion",
+                     pad_mode="edge")
+    # smoothed to the local mean 0.5 (the first and last rows see the edge padding of row 0 / row 199)
+    assert np.abs(roi[0, :, 1:-1] - 0.5).max() < 0.01
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"roi_fov": "mm"}, "unknown roi_fov rule 'mm'"),
+    ({"roi_fov": "lesion", "roi_context": 0.5}, "roi_context must be a finite number >= 1"),
+    ({"roi_fov": "lesion", "roi_context": float("nan")}, "roi_context must be a finite number >= 1"),
+    ({"roi_fov": "lesion", "roi_min_mm": 0.0}, "roi_min_mm must be a finite number of mm > 0"),
+    ({"roi_fov": "lesion", "roi_min_mm": float("inf")}, "roi_min_mm must be a finite number of mm > 0"),
+    ({"roi_fov": "lesion", "roi_shape": (16, 32)}, "roi_shape must be three positive integers"),
+])
+def test_lesion_grid_rejects_bad_options(kwargs, message):
+    """Bad field-of-view options raise a ValueError naming the option.
+
+    Parameters
+    ----------
+    kwargs : options passed to :func:`lesion_grid`.
+    message : expected start of the error message.
+    """
+    with pytest.raises(ValueError, match=message):
+        lesion_grid([0, 0, 0, 2, 2, 2], spacing=DEMO_SPACING, target_spacing=DEMO_SPACING, **kwargs)
 
 
 # ---- liver input --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from nnunet_plus.classifier.fusion import FUSION_MODES
 from nnunet_plus.classifier.loss import DEFAULT_DISTILL_WEIGHT, plus_loss
-from nnunet_plus.classifier.model import PLUSClassifier, prior_distribution
+from nnunet_plus.classifier.model import PLUSClassifier, candidate_features, prior_distribution
 
 C = 4  # lesion classes: 0, 1 malignant; 2, 3 benign; 4 = not a lesion
 CLASSES = {"malignant_classes": [0, 1], "benign_classes": [2, 3]}
@@ -28,13 +28,19 @@ def _batch(lesions_per_patient: list[int], *, in_channels: int = 1, seed: int = 
     for i, j in zip(targets.tolist(), index.tolist()):
         malignant[j] = max(malignant[j], float(i in (0, 1)))
         tumor[j] = max(tumor[j], float(i < C))
+    features = torch.from_numpy(candidate_features(torch.randint(0, 2, (n,), generator=g).numpy(),
+                                                   torch.rand(n, generator=g).numpy(),
+                                                   100 * torch.rand(n, generator=g).numpy(),
+                                                   torch.randint(0, C, (n,), generator=g).numpy(), C))
     return {"lesion_crops": crops, "priors": torch.softmax(torch.randn(n, C + 1, generator=g), dim=1)[:, :C],
+            "features": features,
             "liver": torch.randn(b, in_channels, *LIVER, generator=g), "lesion_to_patient": index,
             "targets": targets, "patient_malignant": malignant, "patient_tumor": tumor}
 
 
 def _forward(model: PLUSClassifier, batch: dict) -> torch.Tensor:
-    return model(batch["lesion_crops"], batch["priors"], batch["liver"], batch["lesion_to_patient"])
+    return model(batch["lesion_crops"], batch["priors"], batch["features"], batch["liver"],
+                 batch["lesion_to_patient"])
 
 
 def _loss(model: PLUSClassifier, batch: dict, logits: torch.Tensor) -> dict:
@@ -43,6 +49,13 @@ def _loss(model: PLUSClassifier, batch: dict, logits: torch.Tensor) -> dict:
         extra = {"distill_targets": prior_distribution(batch["priors"]), "distill_weight": DEFAULT_DISTILL_WEIGHT}
     return plus_loss(logits, batch["targets"], batch["lesion_to_patient"], batch["patient_malignant"],
                      batch["patient_tumor"], num_patients=len(batch["liver"]), **CLASSES, **extra)
+
+
+def _trained_looking(model: PLUSClassifier) -> PLUSClassifier:
+    """``model`` with a random (non-zero) correction head, as after training."""
+    torch.nn.init.normal_(model.head[-1].weight, std=0.5)
+    torch.nn.init.normal_(model.head[-1].bias, std=0.5)
+    return model
 
 
 def test_prior_distribution_by_hand():
@@ -81,18 +94,21 @@ def test_multi_channel_input():
 
 @pytest.mark.parametrize("fusion", FUSION_MODES)
 def test_one_training_step(fusion):
+    """Two steps: the first moves only the zero-initialised head (no gradient reaches the encoders through a zero
+    layer yet), the second every parameter."""
     torch.manual_seed(0)
     model = PLUSClassifier(1, C, fusion=fusion)
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     batch = _batch([2, 0, 3])
-    out = _loss(model, batch, _forward(model, batch))
-    assert all(torch.isfinite(v) for v in out.values())
-    if fusion == "distill":
-        assert out["distill"] > 0
-    optimizer.zero_grad()
-    out["total"].backward()
-    optimizer.step()
+    for _ in range(2):
+        out = _loss(model, batch, _forward(model, batch))
+        assert all(torch.isfinite(v) for v in out.values())
+        if fusion == "distill":
+            assert out["distill"] > 0
+        optimizer.zero_grad()
+        out["total"].backward()
+        optimizer.step()
     after = model.state_dict()
     unchanged = [name for name, _ in model.named_parameters() if torch.equal(before[name], after[name])]
     assert unchanged == []
@@ -101,12 +117,20 @@ def test_one_training_step(fusion):
 @pytest.mark.parametrize("fusion, uses_prior", [("gpr", True), ("gated", True), ("weighted", True),
                                                 ("none", False), ("distill", False)])
 def test_prior_reaches_the_logits_only_in_fusing_modes(fusion, uses_prior):
+    """The prior is always the base of the logits; it reaches the learned correction only through fusion."""
+    from nnunet_plus.classifier.model import PRIOR_SMOOTHING
+
     torch.manual_seed(0)
-    model = PLUSClassifier(1, C, fusion=fusion).eval()
+    model = _trained_looking(PLUSClassifier(1, C, fusion=fusion)).eval()
     batch = _batch([2, 1])
     other = dict(batch, priors=torch.eye(C)[[0, 1, 2]])
+
+    def correction(inputs):
+        smoothed = (1 - PRIOR_SMOOTHING) * prior_distribution(inputs["priors"]) + PRIOR_SMOOTHING / (C + 1)
+        return _forward(model, inputs) - smoothed.log()
+
     with torch.no_grad():
-        changed = not torch.allclose(_forward(model, batch), _forward(model, other))
+        changed = not torch.allclose(correction(batch), correction(other), atol=1e-5)
     assert changed == uses_prior
     assert model.needs_prior_target == (fusion == "distill")
 
@@ -131,15 +155,33 @@ def test_gpr_learns_to_use_an_informative_prior():
         assert _forward(model.eval(), batch).argmax(dim=1).tolist() == list(range(C + 1))
 
 
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_untrained_network_returns_the_smoothed_prior(fusion):
+    """The guard: the correction head starts at zero, so the output is nnU-Net's prior (same ranking)."""
+    from nnunet_plus.classifier.model import PRIOR_SMOOTHING
+
+    torch.manual_seed(0)
+    model = PLUSClassifier(1, C, fusion=fusion).eval()
+    batch = _batch([2, 0, 3])
+    with torch.no_grad():
+        probabilities = torch.softmax(_forward(model, batch), dim=1)
+    prior = prior_distribution(batch["priors"])
+    torch.testing.assert_close(probabilities, (1 - PRIOR_SMOOTHING) * prior + PRIOR_SMOOTHING / (C + 1))
+    assert probabilities.argmax(dim=1).tolist() == prior.argmax(dim=1).tolist()
+    with torch.no_grad():
+        moved = torch.softmax(_forward(_trained_looking(model), batch), dim=1)
+    assert not torch.allclose(moved, probabilities)  # the head does change the answer once trained
+
+
 def test_lesions_are_classified_independently():
     torch.manual_seed(0)
-    model = PLUSClassifier(1, C).eval()
+    model = _trained_looking(PLUSClassifier(1, C)).eval()
     batch = _batch([2, 0, 3])
     with torch.no_grad():
         together = _forward(model, batch)
         for patient, rows in ((0, [0, 1]), (2, [2, 3, 4])):
-            alone = model(batch["lesion_crops"][rows], batch["priors"][rows], batch["liver"][patient:patient + 1],
-                          torch.zeros(len(rows), dtype=torch.long))
+            alone = model(batch["lesion_crops"][rows], batch["priors"][rows], batch["features"][rows],
+                          batch["liver"][patient:patient + 1], torch.zeros(len(rows), dtype=torch.long))
             torch.testing.assert_close(alone, together[rows], atol=1e-5, rtol=1e-5)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnunet_plus.classifier.bank_io import load_case_bank, read_bank_metadata
-from nnunet_plus.classifier.bank_metrics import case_lesion_counts, decide, nnunet_lesion_metrics, score_cases
+from nnunet_plus.classifier.bank_metrics import NETWORK_RULE, case_lesion_counts, nnunet_lesion_metrics, score_cases
 from nnunet_plus.classifier.data import Augmentation, CandidateDataset, augment_patient, collate_patients
 
 HCC, CYST, NOT = 0, 1, 2
@@ -25,6 +25,7 @@ def test_items_and_collate_with_variable_lesion_counts(dataset, cls_project):
     batch = collate_patients(items)
     assert batch.crops.shape == (5, 2, 16, 32, 32) and batch.crops.dtype == torch.float32
     assert batch.priors.shape == (5, 2) and batch.liver.shape == (3, 1, 16, 32, 32)
+    assert batch.features.shape == (5, 3 + 2)
     assert batch.lesion_to_patient.tolist() == [0, 0, 0, 0, 1]
     assert batch.targets.tolist() == [HCC, NOT, CYST, HCC, HCC]
     assert batch.patient_malignant.tolist() == [1.0, 1.0, 0.0]
@@ -70,14 +71,10 @@ def test_augment_patient_flips_all_alike_and_keeps_the_mask_values():
         Augmentation(flip_p=2.0)
 
 
-def test_decide_and_case_counts_by_hand(cls_project):
+def test_case_counts_by_hand(cls_project):
     bank = load_case_bank(cls_project.bank / "cls_000.npz")  # candidates: hcc TP, FP, hcc-on-cyst, weak hcc
-    table = np.array([[0.7, 0.1, 0.2], [0.1, 0.2, 0.7], [0.2, 0.6, 0.2], [0.5, 0.5, 0.0]])
-    reported, classes = decide(table)
-    assert reported.tolist() == [True, False, True, True] and classes.tolist() == [HCC, NOT, CYST, HCC]
-    # lesion mass split over the types still outweighs "not a lesion" (0.6 > 0.4): reported, not rejected
-    split = decide(np.array([[0.3, 0.3, 0.4], [0.25, 0.25, 0.5], [0.1, 0.45, 0.45]]))
-    assert split[0].tolist() == [True, False, True] and split[1].tolist() == [HCC, NOT, CYST]
+    reported = np.array([True, False, True, True])
+    classes = np.array([HCC, NOT, CYST, HCC])
     # all three reported ones match their reference with the right class; the missed cyst D is a FN
     assert case_lesion_counts(bank, reported, classes) == {"tp": 3, "fl": 0, "fp": 0, "fn": 1}
     # nnU-Net's own candidate classes, all reported: the FP stays, B is a false label
@@ -93,12 +90,33 @@ def test_decide_and_case_counts_by_hand(cls_project):
 def test_score_cases_patient_level(cls_project):
     banks = [load_case_bank(cls_project.bank / f"{c}.npz") for c in ("cls_000", "cls_001", "cls_002")]
     everything_not_lesion = [np.tile([0.0, 0.0, 1.0], (b.num_candidates, 1)) for b in banks]
-    scores = score_cases(banks, everything_not_lesion, malignant_classes=[HCC], benign_classes=[CYST])
+    scores = score_cases(banks, everything_not_lesion, rule=NETWORK_RULE, malignant_classes=[HCC],
+                         benign_classes=[CYST])
     assert scores["lesion"]["tp"] == 0 and scores["lesion"]["fn"] == 4 + 1
     assert scores["malignant"]["fn"] == 2 and scores["benign"]["fn"] == 1 and scores["malignant"]["tn"] == 1
     # no patient predicted positive: precision and F1 undefined (None), as in nnunet_plus.evaluation
     assert scores["malignant_f1"] is None and scores["benign_f1"] is None and scores["patient_f1"] is None
     perfect = [np.eye(3)[b.target] for b in banks]
-    scores = score_cases(banks, perfect, malignant_classes=[HCC], benign_classes=[CYST])
+    scores = score_cases(banks, perfect, rule=NETWORK_RULE, malignant_classes=[HCC], benign_classes=[CYST])
     assert scores["lesion"]["tp"] == 4 and scores["lesion"]["fp"] == 0 and scores["lesion"]["fn"] == 1
     assert scores["malignant_f1"] == 1.0 and scores["benign_f1"] == 1.0 and scores["patient_f1"] == 1.0
+
+
+def test_patient_targets_are_what_the_candidates_can_reach(tmp_path, cls_project):
+    """A malignant patient whose lesions no candidate matched is no malignant target: L_P / L_S must not push its
+    false candidates towards "malignant"."""
+    import shutil
+
+    from nnunet_plus.classifier.bank_io import save_case_bank
+
+    bank_dir = tmp_path / "bank"
+    shutil.copytree(cls_project.bank, bank_dir)
+    with np.load(bank_dir / "cls_000.npz", allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    assert arrays["patient"].tolist() == [1, 1, 1]  # the reference has hcc and cyst lesions
+    arrays["target"] = np.full_like(arrays["target"], NOT)  # ... but no candidate matches one
+    save_case_bank(arrays, bank_dir / "cls_000.npz")
+    meta = read_bank_metadata(bank_dir)
+    item = CandidateDataset(bank_dir, ["cls_000", "cls_001"], metadata=meta)
+    assert (float(item[0]["malignant"]), float(item[0]["tumor"])) == (0.0, 0.0)
+    assert (float(item[1]["malignant"]), float(item[1]["tumor"])) == (1.0, 1.0)  # its hcc candidate is matched

@@ -11,6 +11,7 @@ import torch
 from nnunet_plus.case_analysis import analyse_case
 from nnunet_plus.classifier.bank_io import load_case_bank
 from nnunet_plus.classifier.inference import ClassifierOutput, PLUSInference, classifier_folder, patient_probabilities
+from nnunet_plus.classifier.model import candidate_features
 from nnunet_plus.schema import build_schema
 
 
@@ -61,8 +62,27 @@ def test_inference_builds_the_inputs_of_the_bank(trained_folds):
     analysis = analyse_case(probabilities, trained_folds.schema, image=image, spacing=trained_folds.spacing)
     out = fold0.predict_case(image, probabilities, analysis, spacing=trained_folds.spacing)
     bank = load_case_bank(trained_folds.bank / "cls_000.npz")
-    np.testing.assert_allclose(out.lesion_probabilities, fold0.predict_inputs(bank.crops, bank.prior, bank.liver),
-                               atol=1e-6)
+    features = candidate_features(bank.tier, bank.max_probability, bank.volume_mm3, bank.nnunet_class, 2)
+    np.testing.assert_allclose(out.lesion_probabilities,
+                               fold0.predict_inputs(bank.crops, bank.prior, features, bank.liver), atol=1e-6)
+
+
+def test_channel_names_reach_the_normalisation(trained_folds):
+    """A channel not named CT is z-scored by "auto" normalisation at prediction exactly as in the bank build."""
+    fold0 = PLUSInference.from_folder(trained_folds.classifier, folds=[0], schema=trained_folds.schema)
+    image, _, probabilities = trained_folds.synthetic_case("full", seed=0)
+    analysis = analyse_case(probabilities, trained_folds.schema, image=image, spacing=trained_folds.spacing)
+
+    def rows(normalisation, channel_names=None):
+        inference = PLUSInference(fold0.models, schema=trained_folds.schema,
+                                  settings=dataclasses.replace(fold0.settings, normalisation=normalisation),
+                                  target_spacing=fold0.target_spacing, channel_names=channel_names)
+        return inference.predict_case(image, probabilities, analysis, spacing=trained_folds.spacing).lesion_probabilities
+
+    named_mr = rows("auto", ["MR"])
+    np.testing.assert_array_equal(named_mr, rows("zscore"))
+    assert not np.array_equal(named_mr, rows("ct"))
+    np.testing.assert_array_equal(rows("auto", ["CT"]), rows("ct"))
 
 
 def test_patient_probabilities_by_hand():

@@ -119,14 +119,23 @@ def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatc
     assert "candidate bank: 6 case(s)" in out and "nnU-Net alone   lesion F1 " in out
     fold = project.classifier / "fold_1"
     ckpt = load_checkpoint(fold / "checkpoint_final.pth")
-    assert ckpt["val_cases"] == ["cls_003", "cls_004", "cls_005"] and ckpt["bank"]["settings"]["roi_shape"] == [
-        16, 64, 64]
+    assert ckpt["val_cases"] == ["cls_003", "cls_004", "cls_005"]
+    assert ckpt["bank"]["settings"]["roi_fov"] == "lesion" and ckpt["bank"]["settings"]["roi_shape"] == [16, 32, 32]
     assert ckpt["trainer"]["fusion"] == "gpr" and ckpt["trainer"]["epochs"] == 1
     assert ckpt["trainer"]["learning_rate"] == 3e-4 and ckpt["trainer"]["class_weight_power"] == 0.5
     assert (fold / "validation" / "summary.json").is_file() and (fold / "progress.png").is_file()
+    # the operating point: the fold's and the folder's (pooled over the finished folds), printed
+    fold_rule = json.loads((fold / "operating_point.json").read_text())
+    pooled = json.loads((project.classifier / "operating_point.json").read_text())
+    assert fold_rule["folds"] == [1] and pooled["folds"] == ["1"] and pooled["n_cases"] == 3
+    assert pooled["description"] in out and "operating point on 3 validation cases" in out
     # --c on a finished fold: nothing to train, the validation is rewritten
     assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "--c",
                  "--lr", "3e-4", "--class-weight-power", "0.5", "--quiet"]) == 0
+    # a new training (no --c) replaces the earlier final checkpoint
+    assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "2", "--preset", "tiny", "-np",
+                 "1", "--quiet"]) == 0
+    assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == 2
 
 
 def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):

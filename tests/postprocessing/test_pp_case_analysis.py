@@ -106,3 +106,23 @@ def test_suspicious_candidates_capped_most_probable_first():
 def test_wrong_channel_count():
     with pytest.raises(ValueError, match="C=4"):
         analyse_case(np.zeros((3, 2, 2, 2), dtype=np.float32), build_schema(LABELS), spacing=(1.0, 1.0, 1.0))
+
+
+def test_candidates_are_nnunet_lesions_then_new_suspicious_ones():
+    """A confident candidate is nnU-Net's f = 1 lesion itself (not its larger f = 4 component); the f = 4 halo
+    around it is no candidate; a lesion found only at f = 4 is a suspicious candidate."""
+    from nnunet_plus.case_analysis import merge_candidates
+
+    probabilities = _softmax()
+    probabilities[:, 2:4, 5, 3:5] = np.array([0.01, 0.6, 0.3, 0.09])[:, None, None]  # halo: hcc only at f = 4
+    schema = build_schema(LABELS)
+    analysis = analyse_case(probabilities, schema, spacing=(2.0, 1.0, 1.0))
+    assert (analysis.label_maps[-1][2:4, 5, 3:5] == 2).all() and (analysis.label_maps[0][2:4, 5, 3:5] == 1).all()
+    confident, suspicious = analysis.detections.lesions
+    assert (confident["tier"], confident["n_voxels"], confident["label"]) == ("confident", 8, 2)
+    assert (suspicious["tier"], suspicious["n_voxels"], suspicious["label"]) == ("suspicious", 1, 3)
+    np.testing.assert_array_equal(analysis.detections.instances == 1, analysis.base_detections.instances == 1)
+    assert analysis.detections.instances[4, 6, 6] == 2
+    assert confident["prior"] == pytest.approx([0.6, 0.09])  # over its own f = 1 voxels, not diluted by the halo
+    with pytest.raises(ValueError, match="differ in shape"):
+        merge_candidates(analysis.base_detections, type(analysis.detections)(np.zeros((2, 2, 2), np.int32), []))

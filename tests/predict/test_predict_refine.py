@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from nnunet_plus.classifier.operating_point import DecisionRule
 from nnunet_plus.predict.inputs import Geometry
 from nnunet_plus.predict.refine import CaseRefiner
 from nnunet_plus.schema import build_schema
@@ -39,11 +40,16 @@ def _image() -> np.ndarray:
     return image
 
 
-class FakeClassifier:
-    """Duck-typed PLUSInference: per candidate, rows chosen by where the candidate is."""
+#: the network's own answer: reject on a "not a lesion" majority, take the PLUS type when it leads
+MAJORITY = DecisionRule(reject_confident=0.5, relabel_margin=0.0, accept_suspicious=0.5)
 
-    def __init__(self, row_a, row_b):
+
+class FakeClassifier:
+    """Duck-typed PLUSInference: per candidate, rows chosen by where the candidate is; ``rule`` its decision rule."""
+
+    def __init__(self, row_a, row_b, rule: DecisionRule = MAJORITY):
         self.rows = {"A": np.asarray(row_a), "B": np.asarray(row_b)}
+        self.rule = rule
 
     def predict_case(self, image, probabilities, analysis, *, spacing):
         assert spacing == (2.0, 1.0, 1.0) and image.shape == (1, 6, 20, 20)
@@ -77,15 +83,30 @@ def test_without_classifier_reports_base_lesions_with_nnunet_prior():
     assert result.record["rejected"] == []
 
 
-def test_lesion_mass_split_over_types_is_reported_not_rejected():
-    """0.30 hcc + 0.25 cyst outweigh 0.45 "not a lesion" although the latter is the single largest value."""
-    classifier = FakeClassifier(row_a=[0.30, 0.25, 0.45], row_b=[0.1, 0.2, 0.7])  # hcc, cyst, not_a_lesion
-    result = CaseRefiner(SCHEMA, classifier=classifier).refine("c", _image(), _softmax(), GEOMETRY)
+@pytest.mark.parametrize("row_a, row_b", [([0.05, 0.05, 0.9], [0.9, 0.05, 0.05]),   # "reject A, add B"
+                                          ([0.1, 0.8, 0.1], [0.1, 0.8, 0.1]),     # "retype A, add B"
+                                          ([np.nan, np.nan, np.nan], [np.nan] * 3)])
+def test_identity_rule_reproduces_nnunet_alone_whatever_the_classifier_says(row_a, row_b):
+    alone = CaseRefiner(SCHEMA).refine("c", _image(), _softmax(), GEOMETRY)
+    guarded = CaseRefiner(SCHEMA, classifier=FakeClassifier(row_a, row_b, rule=DecisionRule())).refine(
+        "c", _image(), _softmax(), GEOMETRY)
+    np.testing.assert_array_equal(guarded.label_map, alone.label_map)
+    np.testing.assert_array_equal(guarded.instances, alone.instances)
+    assert [(r["id"], r["class"]) for r in guarded.record["lesions"]] == [(1, "hcc")]
+    assert guarded.record["patient"] == alone.record["patient"]  # stage two stepped aside: LiverMax
+    assert guarded.record["operating_point"].startswith("identity")
+    assert [r["tier"] for r in guarded.record["rejected"]] == ["suspicious"]
+
+
+@pytest.mark.parametrize("margin, expected", [(0.2, "cyst"), (0.5, "hcc")])
+def test_confident_lesion_is_retyped_only_beyond_the_margin(margin, expected):
+    """A is hcc for nnU-Net; PLUS says cyst 0.6 vs hcc 0.3 (lead 0.3)."""
+    rule = DecisionRule(reject_confident=0.5, relabel_margin=margin, accept_suspicious=1.0)
+    result = CaseRefiner(SCHEMA, classifier=FakeClassifier([0.3, 0.6, 0.1], [0.1, 0.1, 0.8], rule=rule)).refine(
+        "c", _image(), _softmax(), GEOMETRY)
     (lesion,) = result.record["lesions"]
-    assert lesion["class"] == "hcc" and lesion["probability"] == pytest.approx(0.30)
-    (rejected,) = result.record["rejected"]
-    assert rejected["rejected_by"] == "not_a_lesion"
-    assert rejected["probability"] == pytest.approx(0.3)  # 1 - P(not a lesion)
+    assert (lesion["class"], lesion["nnunet_class"]) == (expected, "hcc")
+    assert set(np.unique(result.label_map[A])) == {SCHEMA.labels[expected]}
 
 
 def test_classifier_rejects_not_a_lesion_and_relabels_candidates():
