@@ -46,7 +46,7 @@ DEMO_CASES = 48
 CLASSIFIER_EPOCHS = {"cpu": 5, "cuda": 30}
 #: PLUS classifier options per device: the short CPU run takes a larger step and milder class weights than
 #: the paper's recipe (the default, used on CUDA), so that a few epochs on ~40 lesions move it
-CLASSIFIER_OPTIONS = {"cpu": ["--lr", "3e-4", "--class-weight-power", "0.5"], "cuda": []}
+CLASSIFIER_OPTIONS = {"cpu": ["--lr", "1e-3", "--class-weight-power", "0.5"], "cuda": []}
 CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
 #: written when stage one gave the classifier nothing to learn from; its text says why
@@ -61,9 +61,12 @@ class Demo:
     """Runs the steps in a work folder; ``timings`` (seconds per step) persist across re-runs."""
 
     def __init__(self, workdir: Path, *, device: str, n_train: int, n_test: int, classifier_epochs: int,
-                 num_processes: int, trainer: str | None = None, conspicuity: float = DEMO_CONSPICUITY) -> None:
+                 num_processes: int, trainer: str | None = None, conspicuity: float = DEMO_CONSPICUITY,
+                 seed: int = 0, classifier_preset: str | None = None) -> None:
         self.workdir = workdir.resolve()
         self.device = device
+        self.seed = seed
+        self.classifier_preset = classifier_preset or CLASSIFIER_PRESETS[device]
         self.n_train, self.n_test = n_train, n_test
         self.classifier_epochs = classifier_epochs
         self.conspicuity = conspicuity
@@ -137,7 +140,7 @@ class Demo:
         self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
                              "--n-test", str(self.n_test), "--out", str(self.raw),
                              "--shape", *map(str, DEMO_SHAPE), "--spacing", *map(str, DEMO_SPACING),
-                             "--conspicuity", str(self.conspicuity),
+                             "--conspicuity", str(self.conspicuity), "--seed", str(self.seed),
                              "--healthy-fraction", str(DEMO_HEALTHY_FRACTION),
                              "-np", str(self.num_processes), "--preview", str(self.workdir / "phantom_preview.png")])
 
@@ -182,7 +185,7 @@ class Demo:
         resume = ["--c"] if (self.classifier_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
         self.run(f"classifier_fold{fold}", [
             "nnunet_plus_train_classifier", str(DATASET_ID), CONFIGURATION, str(fold), "-tr", self.trainer,
-            "-device", self.device, "--preset", CLASSIFIER_PRESETS[self.device],
+            "-device", self.device, "--preset", self.classifier_preset,
             "--epochs", str(self.classifier_epochs), *CLASSIFIER_OPTIONS[self.device], "-np", str(self.num_processes),
             *resume])
 
@@ -247,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conspicuity", type=float, default=DEMO_CONSPICUITY,
                         help="phantom lesion contrast x C and noise / C (default: %(default)s; 1 = realistic, subtle "
                              "NCCT lesions that a few minutes of training do not learn)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="phantom cohort seed (default: 0); another seed draws another cohort")
+    parser.add_argument("--classifier-preset", choices=("tiny", "paper"), default=None,
+                        help="PLUS classifier preset (default: tiny on cpu, paper on cuda)")
     parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 4),
                         help="worker processes (default: CPU count, at most 4)")
     args = parser.parse_args(argv)
@@ -262,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
                 classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device],
-                num_processes=args.num_processes, trainer=args.trainer, conspicuity=args.conspicuity)
+                num_processes=args.num_processes, trainer=args.trainer, conspicuity=args.conspicuity,
+                seed=args.seed, classifier_preset=args.classifier_preset)
     try:
         demo.run_all()
     except DemoError as exc:

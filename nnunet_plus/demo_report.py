@@ -72,6 +72,19 @@ def _classifier_figures(demo: "Demo") -> list[str]:
     return lines
 
 
+def _operating_point(demo: "Demo") -> list[str]:
+    """What the prediction's decision rule is (the classifier folder's operating_point.json), in words."""
+    path = demo.classifier_folder / "operating_point.json"
+    if demo.classifier_skipped or not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    verdict = ("**Stage two steps aside**: on the classifier folds' validation cases no decision rule beat nnU-Net "
+               "alone, so + PLUS reports exactly nnU-Net's lesions." if data["identity"] else
+               "Stage two changes nnU-Net's answer where the rule below says so.")
+    return [f"Operating point (`{_relative(path, demo.workdir)}`, fitted on the classifier folds' validation "
+            f"cases): {data['description']}. {verdict}", ""]
+
+
 def write_report(demo: "Demo") -> Path:
     """Write ``report.md`` into the demo's work folder; returns its path."""
     ours = json.loads((demo.evaluation / "summary.json").read_text())
@@ -88,6 +101,7 @@ def write_report(demo: "Demo") -> Path:
         *([f"**The PLUS stage was skipped** (`{demo.classifier_skipped}`): the two rows below are both nnU-Net "
            "alone. Train stage one longer (see README) to give the classifier candidates.", ""]
           if demo.classifier_skipped else []),
+        *_operating_point(demo),
         "```",
         format_comparison(baseline, ours, names=("nnU-Net alone", "nnU-Net + PLUS")),
         "```",

@@ -71,8 +71,10 @@ from nnunet_plus.classifier.encoders import DEFAULT_STEM_STRIDE, ResNetEncoder3d
 from nnunet_plus.classifier.fusion import FUSION_MODES, build_fusion
 from nnunet_plus.classifier.hda import HierarchicalDualAttention
 
-#: share of a uniform distribution mixed into the prior before its log (bounds the base logits' gaps)
-PRIOR_SMOOTHING = 0.05
+#: share of a uniform distribution mixed into the prior before its log: bounds the base logits' gaps (to
+#: log(1 + (1 - PRIOR_SMOOTHING) (C + 1) / PRIOR_SMOOTHING), ~2.1 for 7 classes) so that a short training can
+#: overturn a confidently wrong nnU-Net type; the ranking, hence the untrained answer, is nnU-Net's
+PRIOR_SMOOTHING = 0.5
 #: width of the candidate-feature embedding
 CANDIDATE_EMBEDDING = 64
 #: voxels (each side) of the ring around the candidate mask whose intensities the crop statistics use
@@ -194,6 +196,15 @@ class PLUSClassifier(nn.Module):
         nn.init.zeros_(self.head[-1].weight)  # the guard: an untrained network adds nothing to the prior
         nn.init.zeros_(self.head[-1].bias)
         self.prior_scale = nn.Parameter(torch.zeros(()))  # s of (1 + s) log prior; weight decay pulls it to 0
+
+    def parameter_groups(self, learning_rate: float, *, correction_factor: float) -> list[dict]:
+        """Optimizer groups: the encoders, HDA and fusion at ``learning_rate``; the correction head, the
+        candidate-feature embedding and the prior scale (small, starting from the prior) at
+        ``correction_factor`` times it."""
+        fast = {id(p) for module in (self.head, self.candidate_encoder) for p in module.parameters()}
+        fast.add(id(self.prior_scale))
+        return [{"params": [p for p in self.parameters() if id(p) not in fast], "lr": learning_rate},
+                {"params": [p for p in self.parameters() if id(p) in fast], "lr": learning_rate * correction_factor}]
 
     @property
     def needs_prior_target(self) -> bool:

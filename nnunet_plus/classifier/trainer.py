@@ -77,6 +77,8 @@ class TrainerSettings:
     ----------
     epochs, batch_patients : epochs; patients per batch (paper: 100, 2).
     learning_rate, weight_decay : AdamW (paper: 1e-4, 0.05); cosine annealing over ``epochs``.
+    correction_lr_factor : the correction head, candidate embedding and prior scale learn this many times faster
+        (ours: they start from nnU-Net's answer and are small; 1 = the paper's single learning rate).
     alpha, beta, gamma : loss weights of L_L and L_P (paper 0.5, 0.3) and the focal exponent.
     class_weight_power : z_c = count_c ** -power (1 = inverse frequency, 0 = uniform).
     preset, fusion, dropout : the network (:class:`~nnunet_plus.classifier.model.PLUSClassifier`).
@@ -92,6 +94,7 @@ class TrainerSettings:
     epochs: int = 100
     batch_patients: int = 2
     learning_rate: float = 1e-4
+    correction_lr_factor: float = 10.0
     weight_decay: float = 0.05
     alpha: float = 0.5
     beta: float = 0.3
@@ -111,9 +114,9 @@ class TrainerSettings:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_patients < 1 or self.save_every < 1:
             raise ValueError("epochs, batch_patients and save_every must be >= 1")
-        if not self.learning_rate > 0 or self.weight_decay < 0:
-            raise ValueError(f"need learning_rate > 0 and weight_decay >= 0, got {self.learning_rate}, "
-                             f"{self.weight_decay}")
+        if not self.learning_rate > 0 or not self.correction_lr_factor > 0 or self.weight_decay < 0:
+            raise ValueError(f"need learning_rate > 0, correction_lr_factor > 0 and weight_decay >= 0, got "
+                             f"{self.learning_rate}, {self.correction_lr_factor}, {self.weight_decay}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.best_metric not in BEST_METRICS:
@@ -242,7 +245,8 @@ class PLUSClassifierTrainer:
         self.class_weights = inverse_frequency_weights(counts, power=s.class_weight_power)
         self.model = PLUSClassifier(int(self.metadata["channels"]), len(self.schema.lesions), preset=s.preset,
                                     fusion=s.fusion, dropout=s.dropout).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+        groups = self.model.parameter_groups(s.learning_rate, correction_factor=s.correction_lr_factor)
+        self.optimizer = torch.optim.AdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=s.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.output_folder.mkdir(parents=True, exist_ok=True)

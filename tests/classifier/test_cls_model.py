@@ -262,3 +262,12 @@ def test_cuda_amp_training_step():
     scaler.update()
     assert torch.isfinite(out["total"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_parameter_groups_cover_every_parameter_once():
+    model = PLUSClassifier(1, C)
+    slow, fast = model.parameter_groups(1e-3, correction_factor=10.0)
+    ids = [id(p) for p in slow["params"]] + [id(p) for p in fast["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
+    assert (slow["lr"], fast["lr"]) == (1e-3, pytest.approx(1e-2))
+    assert id(model.prior_scale) in {id(p) for p in fast["params"]}

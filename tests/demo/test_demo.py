@@ -76,3 +76,23 @@ def test_classifier_without_candidates_is_skipped_not_fatal(tmp_path, monkeypatc
     demo.train_classifier(0)
     assert (tmp_path / CLASSIFIER_SKIPPED_FILE).is_file()
     assert demo.classifier_skipped == message
+
+
+def test_seed_and_classifier_preset_reach_the_commands(tmp_path, monkeypatch):
+    """``--seed S`` draws the phantom cohort with seed S; ``--classifier-preset`` overrides the per-device preset."""
+    from nnunet_plus.demo import CLASSIFIER_PRESETS, Demo
+
+    built = []
+    monkeypatch.setattr(Demo, "run_all", lambda self: built.append(self))
+    assert main(["--workdir", str(tmp_path), "--seed", "7", "--classifier-preset", "paper"]) == 0
+    assert built[0].seed == 7 and built[0].classifier_preset == "paper"
+    assert main(["--workdir", str(tmp_path)]) == 0
+    assert built[1].seed == 0 and built[1].classifier_preset == CLASSIFIER_PRESETS["cpu"]
+
+    commands = {}
+    monkeypatch.setattr(Demo, "run", lambda self, step, args: commands.__setitem__(step, args))
+    built[0].make_phantom()
+    built[0]._train_classifier(0)
+    phantom, classifier = commands["phantom"], commands["classifier_fold0"]
+    assert phantom[phantom.index("--seed") + 1] == "7"
+    assert classifier[classifier.index("--preset") + 1] == "paper"

@@ -1,5 +1,6 @@
 """nnUNetTrainerPLUS_lesionFocus_cpuDemo: lesion-centred patches (size rule, plans written for prediction,
-foreground oversampling) on top of the lesion-focused recipe, built by nnU-Net from the plugin folder."""
+batches of random crops and label-centred patches) on top of the lesion-focused recipe, built by nnU-Net from
+the plugin folder."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_plus.trainers.nnUNetTrainerPLUS_variants import LESION_CENTRED_PATCH_FRACTION, smaller_patch
+from nnunet_plus.trainers.nnUNetTrainerPLUS_variants import (LESION_CENTRED_FOREGROUND_FRACTION,
+                                                             LESION_CENTRED_PATCH_FRACTION, smaller_patch)
 
 DEMO_POOLING = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]   # the demo plans: strides 4, 16, 16
 
@@ -33,11 +35,15 @@ def test_trainer_trains_on_lesion_centred_patches(tiny_model_env, monkeypatch):
     expected = smaller_patch(planned.patch_size, planned.pool_op_kernel_sizes, LESION_CENTRED_PATCH_FRACTION)
     assert expected != list(planned.patch_size)
     assert list(trainer.configuration_manager.patch_size) == expected
-    assert trainer.oversample_foreground_percent == 1.0 and trainer.initial_lr == 3e-3
+    assert 0 < LESION_CENTRED_FOREGROUND_FRACTION < 1   # some patches are random crops that see air and body
+    assert trainer.oversample_foreground_percent == LESION_CENTRED_FOREGROUND_FRACTION and trainer.initial_lr == 3e-3
     trainer.on_train_start()
     try:
         saved = json.loads((Path(trainer.output_folder_base) / "plans.json").read_text())
         assert saved["configurations"][tiny_model_env.configuration]["patch_size"] == expected
+        loader = trainer.dataloader_train.data_loader
+        centred = [loader.get_do_oversample(j) for j in range(loader.batch_size)]
+        assert any(centred) and (loader.batch_size == 1 or not all(centred))
         batch = next(trainer.dataloader_train)
         assert list(batch["data"].shape[2:]) == expected
         losses = [trainer.train_step(next(trainer.dataloader_train))["loss"] for _ in range(2)]
