@@ -366,14 +366,9 @@ def machine(device: str) -> str:
 
 def write_results(text: str) -> None:
     """Replace (or append) only this benchmark's section of RESULTS.md, atomically."""
-    current = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = text.rstrip("\n") + "\n\n"
-    updated = pattern.sub(lambda _: section, current) if pattern.search(current) else \
-        current.rstrip("\n") + "\n\n" + section
-    tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
-    tmp.write_text(updated.rstrip("\n") + "\n")
-    os.replace(tmp, RESULTS)
+    from results_md import write_section
+
+    write_section(SECTION, text, results=RESULTS)
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------

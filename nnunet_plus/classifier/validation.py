@@ -7,8 +7,9 @@ out-of-fold softmax (the file the candidate bank was built from) are read again,
 
 * **nnU-Net alone** (``"nnunet"``): the lesions at the first (confident, f=1) sensitivity with nnU-Net's
   class, patient probabilities from LiverMax (``nnunet_plus_predict --no-classifier``);
-* **nnU-Net + PLUS** (``"nnunet+plus"``): the candidates at the highest sensitivity relabelled by the PLUS
-  arg-max, "not a lesion" removed, patient probabilities from PLUS.
+* **nnU-Net + PLUS** (``"nnunet+plus"``): the candidates (nnU-Net's f = 1 lesions and the new f = 4 ones)
+  decided by the classifier's operating point (:mod:`nnunet_plus.classifier.operating_point`), patient
+  probabilities from PLUS (LiverMax when the rule is the identity).
 
 Both are scored with :func:`~nnunet_plus.evaluation.case.evaluate_case` and aggregated with
 :func:`~nnunet_plus.evaluation.summary.summarize` (the metric set of ``plus_summary.json``)::
@@ -118,8 +119,9 @@ def evaluate_classifier(inference, cases: Sequence[str], *, bank_metadata: Mappi
                  "min_volume_cm3": min_volume_cm3, "sensitivities": list(schema.sensitivities),
                  "methods": {NNUNET_KEY: "nnU-Net alone: lesions at the first sensitivity with nnU-Net's class, "
                                          "patient probabilities from LiverMax",
-                             PLUS_KEY: "nnU-Net + PLUS: candidates at the highest sensitivity relabelled by the PLUS "
-                                       "arg-max, 'not a lesion' removed, patient probabilities from PLUS"}},
+                             PLUS_KEY: "nnU-Net + PLUS: nnU-Net's f=1 lesions and new f=4 candidates decided by "
+                                       f"the operating point ({inference.rule.describe()}), patient probabilities "
+                                       "from PLUS (LiverMax when the rule is the identity)"}},
         NNUNET_KEY: summaries[NNUNET_KEY],
         PLUS_KEY: summaries[PLUS_KEY],
         "comparison": compare_summaries(summaries[NNUNET_KEY], summaries[PLUS_KEY]),
