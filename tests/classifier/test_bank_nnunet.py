@@ -19,11 +19,13 @@ def test_bank_from_tiny_nnunet_validation(tiny_model_env, tmp_path):
     assert validation_cases and [p.stem for p in paths] == validation_cases
     meta = read_bank_metadata(tmp_path / "bank")
     assert meta["lesions"] == ["hcc", "cyst"] and meta["settings"]["normalisation"] == ["ct"]
+    # the default bank: lesion-scale crops (16 x 32 x 32) and the liver at 32 x 64 x 64
+    assert meta["settings"]["roi_fov"] == "lesion" and meta["settings"]["roi_shape"] == [16, 32, 32]
     plans = json.loads((model.model_folder / "plans.json").read_text())
     assert meta["target_spacing"] == plans["configurations"]["3d_fullres"]["spacing"]
     for path in paths:
         bank = load_case_bank(path)
-        assert bank.crops.shape[1:] == (2, 16, 64, 64) and bank.liver.shape == (1, 32, 64, 64)
+        assert bank.crops.shape[1:] == (2, 16, 32, 32) and bank.liver.shape == (1, 32, 64, 64)
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(model.labels_folder / f"{bank.case_id}.nii.gz")))
         present = [int(np.any(labels == v)) for v in (2, 3)]
         np.testing.assert_array_equal(bank.patient_types, present)

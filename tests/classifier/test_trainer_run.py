@@ -7,8 +7,13 @@ import shutil
 import pytest
 import torch
 
+from nnunet_plus.classifier.bank_io import read_bank_metadata
+from nnunet_plus.classifier.bank_metrics import score_cases
 from nnunet_plus.classifier.checkpoint import load_checkpoint
 from nnunet_plus.classifier.cli import main
+from nnunet_plus.classifier.data import CandidateDataset
+from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
+from nnunet_plus.classifier.trainer import CANDIDATE_TABLES_FILE, load_candidate_tables
 from nnunet_plus.evaluation.summary import summarize
 from nnunet_plus.validation import validate_folder
 
@@ -36,10 +41,19 @@ def test_one_epoch_writes_checkpoints_progress_and_summary(trained_folds):
     # C (only at f=4) and D (never) missed
     assert {k: alone["lesion_level"][k] for k in ("tp", "fl", "fp", "fn")} == {"tp": 2, "fl": 1, "fp": 1, "fn": 2}
     assert alone["lesion_level"]["f1"] == pytest.approx(2 * 0.5 * 0.4 / 0.9)
-    # PLUS is scored on the same cases, and its bank-level counts (per epoch) are those of the full evaluation
+    # PLUS is scored on the same cases with the fold's fitted rule: the bank-level counts of the final model's
+    # candidate probabilities under that rule are those of the full (end-to-end) evaluation
     assert plus["meta"]["n_cases"] == alone["meta"]["n_cases"] == 3
     counts = {k: plus["lesion_level"][k] for k in ("tp", "fl", "fp", "fn")}
-    assert counts == ckpt["history"][-1]["lesion_counts"]
+    cases, tables = load_candidate_tables(fold / "validation" / CANDIDATE_TABLES_FILE)
+    assert cases == ckpt["val_cases"]
+    data = CandidateDataset(trained_folds.bank, cases, metadata=read_bank_metadata(trained_folds.bank))
+    schema = trained_folds.schema
+    scores = score_cases([data.bank(i) for i in range(len(data))], tables, rule=load_rule(fold / OPERATING_POINT_FILE),
+                         malignant_classes=[schema.lesions.index(n) for n in schema.malignant],
+                         benign_classes=[schema.lesions.index(n) for n in schema.benign],
+                         min_volume_mm3=schema.min_lesion_volume_mm3)
+    assert counts == {k: scores["lesion"][k] for k in ("tp", "fl", "fp", "fn")}
     assert summary["comparison"]["lesion F1"]["baseline"] == alone["lesion_level"]["f1"]
     assert (fold / "validation" / "comparison.txt").read_text().startswith("Comparison: nnU-Net vs nnU-Net + PLUS")
 
