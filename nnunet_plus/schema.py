@@ -19,11 +19,13 @@ label's value is also its softmax channel index.
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from nnunet_plus.atomic import atomic_path
 
 SCHEMA_KEY = "plus"
 
@@ -119,12 +121,13 @@ class LesionSchema:
         if set(self.priority) != set(self.lesions):
             raise SchemaError(f"'priority' must list every lesion label exactly once (lesions: "
                               f"{list(self.lesions)}, priority: {list(self.priority)}); {hint}")
-        if not self.sensitivities or any(not (f > 0) for f in self.sensitivities) \
+        if not self.sensitivities or any(not (0 < f < math.inf) for f in self.sensitivities) \
                 or list(self.sensitivities) != sorted(self.sensitivities):
-            raise SchemaError(f"'sensitivities' must be positive and ascending, got {list(self.sensitivities)}; "
-                              f"{hint}")
-        if self.min_lesion_volume_mm3 < 0:
-            raise SchemaError(f"'min_lesion_volume_mm3' must be >= 0; {hint}")
+            raise SchemaError(f"'sensitivities' must be finite, positive and ascending, got "
+                              f"{list(self.sensitivities)}; {hint}")
+        if not 0 <= self.min_lesion_volume_mm3 < math.inf:
+            raise SchemaError(f"'min_lesion_volume_mm3' must be a finite number >= 0, got "
+                              f"{self.min_lesion_volume_mm3}; {hint}")
         if isinstance(self.max_suspicious_per_case, bool) or not isinstance(self.max_suspicious_per_case, int) \
                 or self.max_suspicious_per_case < 0:
             raise SchemaError(f"'max_suspicious_per_case' must be an integer >= 0 (0 = no limit), got "
@@ -256,24 +259,17 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` through a temp file + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as indented, standard JSON to ``path`` through a temp file + rename (never half-written;
+    the mode of a plain ``open()``, see nnunet_plus.atomic); NaN / infinity raise ``ValueError``."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_schema(dataset_json_path: str | os.PathLike, schema: LesionSchema) -> None:
-    """Add / replace the ``"plus"`` block of a dataset.json file, keeping every other key."""
-    path = Path(dataset_json_path)
+    """Add / replace the ``"plus"`` block of a dataset.json file, keeping every other key and the file's mode; a
+    symbolic link is kept and its target rewritten. A read-only file raises :class:`PermissionError`."""
+    path = Path(os.path.realpath(dataset_json_path))
     data = json.loads(path.read_text())
     data[SCHEMA_KEY] = schema.to_block()
     write_json_atomic(path, data)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from nnunet_plus.atomic import check_replaceable
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 from nnunet_plus.schema import DEFAULT_MAX_SUSPICIOUS, SchemaError, build_schema, write_schema
 
@@ -27,7 +29,10 @@ def dataset_json_paths(dataset: str | int) -> list[Path]:
 
 
 def configure(dataset_json_files: list[Path], *, dataset_id=None, **schema_options) -> dict:
-    """Build the schema against the first file's labels and write it into every file; returns the block."""
+    """Build the schema against the first file's labels and write it into every file (through symbolic links);
+    returns the block. Nothing is written when one of the files is read-only (:class:`PermissionError`)."""
+    for path in dataset_json_files:
+        check_replaceable(os.path.realpath(path))
     labels = json.loads(dataset_json_files[0].read_text()).get("labels")
     if not isinstance(labels, dict):
         raise SchemaError(f"{dataset_json_files[0]} has no 'labels' block; it is not an nnU-Net dataset.json")
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                           malignant=args.malignant, benign=args.benign, priority=args.priority,
                           sensitivities=args.sensitivities, min_lesion_volume_mm3=args.min_volume_mm3,
                           max_suspicious_per_case=args.max_suspicious)
-    except (SchemaError, PathError) as exc:
+    except (SchemaError, PathError, PermissionError) as exc:
         print(f"nnunet_plus_configure: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(block, indent=2))

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", help="input folder: nnU-Net naming (case_0000.nii.gz, ...), plain single-file names "
                                    "for single-channel models, any SimpleITK format, DICOM series folders "
                                    "(optional with --from-probabilities / --from-segmentation)")
-    parser.add_argument("-o", required=True, help="output folder (created if missing)")
+    parser.add_argument("-o", required=True, help="output folder (created if missing; not an input folder, a new "
+                                                  "folder inside -i is fine)")
     parser.add_argument("-d", required=True, help="dataset id or name")
     parser.add_argument("-c", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
     parser.add_argument("-f", nargs="+", default=None,
@@ -152,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     ensure_ext_trainer_env()
-    from nnunet_plus.predict.inputs import InputError
+    from nnunet_plus.predict.inputs import InputError, check_output_folder
 
     try:
+        check_output_folder(args.o, {"-i": args.i, "--from-probabilities": args.from_probabilities,
+                                     "--from-segmentation": args.from_segmentation})
         device = _device(args.device)
         report = _run_plug_and_play(args, device) if plug_and_play else _run_predict(args, device)
-    except (InputError, PathError, FileNotFoundError, ValueError, ImportError) as exc:
+    except (InputError, PathError, FileNotFoundError, PermissionError, ValueError, ImportError) as exc:
         print(f"nnunet_plus_predict: error: {exc}", file=sys.stderr)
         return 1
     print(f"nnunet_plus_predict: {len(report.done)} case(s) written, {len(report.skipped)} already done, "

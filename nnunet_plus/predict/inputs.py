@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -128,19 +128,23 @@ def split_image_name(name: str) -> tuple[str, str] | None:
 
 
 def discover_cases(folder: str | Path, *, num_channels: int, ignore_unknown: bool = False,
-                   allow_folders: bool = True) -> list[CaseInput]:
+                   allow_folders: bool = True, exclude: str | Path | None = None) -> list[CaseInput]:
     """The cases of ``folder`` by the module's naming rule, sorted by case id.
 
     Problems that concern one case (missing / extra channel files, a plain name for a multi-channel model,
     two files claiming the same case, unknown extensions) are stored in :attr:`CaseInput.error` so that the
     other cases still run; a missing or empty folder raises :class:`InputError`. ``ignore_unknown`` skips
     files with unknown extensions instead (for other tools' output folders, which hold .json / .pkl files);
-    ``allow_folders=False`` ignores subfolders.
+    ``allow_folders=False`` ignores subfolders. ``exclude`` (the output folder) is not a case when it lies
+    inside ``folder``, nor is the subfolder of ``folder`` that holds it.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"input folder {folder} does not exist or is not a folder")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if exclude is not None:
+        excluded = Path(exclude).resolve()
+        entries = [p for p in entries if not (p.is_dir() and _is_within(excluded, p.resolve()))]
     if not entries:
         raise InputError(f"input folder {folder} is empty: put the images there ({_rule_hint(num_channels)})")
     channels: dict[str, dict[int, list[Path]]] = {}
@@ -169,6 +173,29 @@ def discover_cases(folder: str | Path, *, num_channels: int, ignore_unknown: boo
     for case, found in channels.items():
         cases.append(_make_case(case, found, num_channels))
     return sorted(cases, key=lambda c: c.case)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_folder(output_folder: str | Path, input_folders: Mapping[str, str | Path | None],
+                        cases: Iterable[CaseInput] = ()) -> None:
+    """Raise :class:`InputError` when writing into ``output_folder`` could overwrite an input: it is one of
+    ``input_folders`` (flag -> folder, e.g. ``{"-i": ...}``) or the folder an input file of ``cases`` lies in
+    (symbolic links followed; a DICOM series: its own folder). An output folder inside an input folder is fine:
+    ``discover_cases(..., exclude=output_folder)`` leaves it out."""
+    out = Path(output_folder).resolve()
+    for flag, folder in input_folders.items():
+        if folder is not None and Path(folder).resolve() == out:
+            raise InputError(f"-o {output_folder} is the input folder {flag} {folder}: the outputs would overwrite "
+                             "the inputs; choose another output folder (a new folder inside it is fine)")
+    for case in cases:
+        for path in case.files:
+            real = path.resolve()
+            if (real if real.is_dir() else real.parent) == out:
+                raise InputError(f"-o {output_folder} holds the input {real} (read through {path}): the outputs "
+                                 "could overwrite it; choose an output folder that holds no input")
 
 
 def _rule_hint(num_channels: int) -> str:

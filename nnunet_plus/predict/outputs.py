@@ -12,26 +12,25 @@ Per case (``<case>`` = the input case id)::
 
 Per run: ``lesions.csv`` and ``patients.csv`` (rebuilt from every ``<case>.json`` of the folder, so parts
 of a split run merge by themselves, see :func:`write_tables`), ``labels_itksnap.txt`` (ITK-SNAP label
-description file) and ``labels_slicer.ctbl`` (3D Slicer color table).
+description file), ``labels_slicer.ctbl`` (3D Slicer color table) and ``nnunet_plus_predict.json`` (the
+run's settings and report). Names that would collide are refused before a run starts (:func:`check_output_names`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from nnunet_plus.predict.inputs import Geometry
+from nnunet_plus.atomic import atomic_path
+from nnunet_plus.predict.inputs import Geometry, InputError
 from nnunet_plus.predict.refine import CaseResult
-from nnunet_plus.schema import LesionSchema
+from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,8 @@ PATIENTS_CSV = "patients.csv"
 ITKSNAP_LABELS = "labels_itksnap.txt"
 SLICER_COLORS = "labels_slicer.ctbl"
 RUN_INFO = "nnunet_plus_predict.json"
+#: Files written once per run; no case may write a file of the same name (:func:`check_output_names`).
+RUN_FILES = (LESIONS_CSV, PATIENTS_CSV, ITKSNAP_LABELS, SLICER_COLORS, RUN_INFO)
 
 _LIVER_RGB = (221, 130, 101)
 _MALIGNANT_RGB = ((230, 25, 75), (245, 130, 48), (240, 50, 230), (128, 0, 0), (255, 225, 25))
@@ -57,38 +58,38 @@ def case_paths(output_folder: str | Path, case: str) -> dict[str, Path]:
             "overlay": folder / f"{case}_overlay.png"}
 
 
+def case_outputs(*, save_probabilities: bool = False, overlays: bool = False) -> list[str]:
+    """Keys of :func:`case_paths` that a run with these options writes for every case."""
+    return ["label_map", "instances", "json"] + (["npz", "pkl"] if save_probabilities else []) + \
+        (["overlay"] if overlays else [])
+
+
 def is_case_done(output_folder: str | Path, case: str, *, save_probabilities: bool = False,
                  overlays: bool = False) -> bool:
     """True when every output this run would write for ``case`` exists (the JSON is written last)."""
     paths = case_paths(output_folder, case)
-    wanted = ["label_map", "instances", "json"]
-    if save_probabilities:
-        wanted += ["npz", "pkl"]
-    if overlays:
-        wanted.append("overlay")
-    return all(paths[k].is_file() for k in wanted)
+    return all(paths[k].is_file() for k in case_outputs(save_probabilities=save_probabilities, overlays=overlays))
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a unique hidden temp path beside ``path`` (same suffixes, not created: the writer creates it with
-    the usual permissions); renamed onto ``path`` if the block succeeds, removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Indented JSON, written atomically; unlike ``schema.write_json_atomic`` it never touches the process
-    umask, so it is safe in the export threads."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+def check_output_names(cases: Sequence[str], output_folder: str | Path, *, save_probabilities: bool = False,
+                       overlays: bool = False) -> None:
+    """Raise :class:`InputError` naming the cases when two files of the run would share a name: a case output
+    and a run-level file (case ``nnunet_plus_predict``), or outputs of two cases (``foo`` and ``foo_instances``).
+    Give every case of the input, not one part's share, so that all parts of a split run agree."""
+    owners: dict[str, str | None] = {name: None for name in RUN_FILES}
+    keys = case_outputs(save_probabilities=save_probabilities, overlays=overlays)
+    for case in sorted(cases):
+        for key in keys:
+            path = case_paths(output_folder, case)[key]
+            if path.name not in owners:
+                owners[path.name] = case
+                continue
+            other = owners[path.name]
+            if other is None:
+                raise InputError(f"case {case!r} would write {path}, the name of the run's own {path.name}; "
+                                 "rename that case's input file(s)")
+            raise InputError(f"cases {other!r} and {case!r} would both write {path}; rename the input file(s) of "
+                             "one of them")
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
@@ -117,7 +118,7 @@ def write_case(output_folder: str | Path, result: CaseResult) -> None:
     n = int(result.instances.max(initial=0))
     write_image(result.instances.astype(np.uint16 if n < 2 ** 16 else np.int32, copy=False), result.geometry,
                 paths["instances"])
-    write_json(paths["json"], result.record)
+    write_json_atomic(paths["json"], result.record)
 
 
 # ---- cohort tables ---------------------------------------------------------------------------------------

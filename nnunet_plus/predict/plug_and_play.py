@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_plus.predict.inputs import (CaseInput, Geometry, InputError, discover_cases, image_to_array, read_case,
-                                        read_sitk)
+from nnunet_plus.predict.inputs import (CaseInput, Geometry, InputError, check_output_folder, discover_cases,
+                                        image_to_array, read_case, read_sitk)
 from nnunet_plus.predict.refine import CaseRefiner
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 
@@ -42,8 +42,10 @@ class Source:
     case: CaseInput
 
 
-def discover_sources(folder: str | Path, *, mode: str, num_classes: int) -> dict[str, Source]:
-    """Cases of a ``--from-probabilities`` (``mode="probabilities"``) or ``--from-segmentation`` folder."""
+def discover_sources(folder: str | Path, *, mode: str, num_classes: int,
+                     exclude: str | Path | None = None) -> dict[str, Source]:
+    """Cases of a ``--from-probabilities`` (``mode="probabilities"``) or ``--from-segmentation`` folder
+    (``exclude``: the output folder, see :func:`~nnunet_plus.predict.inputs.discover_cases`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} does not exist or is not a folder")
@@ -57,10 +59,11 @@ def discover_sources(folder: str | Path, *, mode: str, num_classes: int) -> dict
                 error = None if pkl.is_file() else f"{pkl} not found: nnU-Net writes <case>.pkl beside <case>.npz"
                 sources[case] = Source("npz", CaseInput(case, (path, pkl), error))
             return sources
-        cases = discover_cases(folder, num_channels=num_classes, ignore_unknown=True, allow_folders=False)
+        cases = discover_cases(folder, num_channels=num_classes, ignore_unknown=True, allow_folders=False,
+                               exclude=exclude)
         kind = "class_images"
     elif mode == "segmentation":
-        cases = discover_cases(folder, num_channels=1, ignore_unknown=True)
+        cases = discover_cases(folder, num_channels=1, ignore_unknown=True, exclude=exclude)
         kind = "segmentation"
     else:
         raise ValueError(f"mode must be 'probabilities' or 'segmentation', got {mode!r}")
@@ -121,14 +124,16 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     """Post-process (and classify) another model's output folder into ``output_folder`` (same files as a
     normal prediction). Cases come from ``source_folder``; ``images_folder`` must hold each of them."""
     schema = refiner.schema
-    sources = discover_sources(source_folder, mode=mode, num_classes=schema.num_classes)
-    images = {} if images_folder is None else \
-        {c.case: c for c in discover_cases(images_folder, num_channels=num_channels)}
     output_folder = Path(output_folder)
-    output_folder.mkdir(parents=True, exist_ok=True)
+    sources = discover_sources(source_folder, mode=mode, num_classes=schema.num_classes, exclude=output_folder)
+    images = {} if images_folder is None else \
+        {c.case: c for c in discover_cases(images_folder, num_channels=num_channels, exclude=output_folder)}
+    check_output_folder(output_folder, {f"--from-{mode}": source_folder, "-i": images_folder},
+                        [*(s.case for s in sources.values()), *images.values()])
     todo, skipped = select_cases(list(sources), output_folder, num_parts=num_parts, part_id=part_id,
                                  continue_prediction=continue_prediction, save_probabilities=save_probabilities,
                                  overlays=overlays)
+    output_folder.mkdir(parents=True, exist_ok=True)
 
     def prepare(case: str):
         probabilities, geometry, properties = load_source(sources[case], num_classes=schema.num_classes)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder
-from nnunet_plus.predict.inputs import Geometry, InputError, discover_cases, read_case
+from nnunet_plus.predict.inputs import Geometry, InputError, check_output_folder, discover_cases, read_case
 from nnunet_plus.predict.refine import CaseRefiner, CaseResult
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 from nnunet_plus.schema import LesionSchema
@@ -234,11 +234,13 @@ class PLUSPredictor:
         ``output_folder``; a failing case is reported in the returned :class:`RunReport`, the others go on."""
         self._require_initialized()
         output_folder = Path(output_folder)
-        output_folder.mkdir(parents=True, exist_ok=True)
-        inputs = {c.case: c for c in discover_cases(input_folder, num_channels=self.num_channels)}
+        inputs = {c.case: c for c in discover_cases(input_folder, num_channels=self.num_channels,
+                                                     exclude=output_folder)}
+        check_output_folder(output_folder, {"-i": input_folder}, inputs.values())
         todo, skipped = select_cases(list(inputs), output_folder, num_parts=num_parts, part_id=part_id,
                                      continue_prediction=continue_prediction,
                                      save_probabilities=save_probabilities, overlays=overlays)
+        output_folder.mkdir(parents=True, exist_ok=True)
         logger.info("%d case(s) in %s; part %d/%d predicts %d, %d already done", len(inputs), input_folder,
                     part_id, num_parts, len(todo), len(skipped))
         schema = self.schema

@@ -24,10 +24,10 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_plus.predict.outputs import (RUN_INFO, case_paths, is_case_done, write_case, write_json,
+from nnunet_plus.predict.outputs import (RUN_INFO, case_paths, check_output_names, is_case_done, write_case,
                                          write_label_descriptions, write_probabilities, write_tables)
 from nnunet_plus.predict.refine import CaseResult
-from nnunet_plus.schema import LesionSchema
+from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,12 @@ def select_cases(cases: Sequence[str], output_folder: str | Path, *, num_parts: 
                  continue_prediction: bool = False, save_probabilities: bool = False,
                  overlays: bool = False) -> tuple[list[str], list[str]]:
     """``(to_do, skipped)``: this part's share of the sorted cases (nnU-Net's ``cases[part_id::num_parts]``),
-    minus the finished ones when ``continue_prediction``."""
+    minus the finished ones when ``continue_prediction``. ``cases`` are all the cases of the input: names whose
+    outputs would collide are refused first (:func:`~nnunet_plus.predict.outputs.check_output_names`)."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise ValueError(f"-part_id must be in 0..num_parts-1 (counting starts at 0), got -num_parts {num_parts} "
                          f"-part_id {part_id}")
+    check_output_names(cases, output_folder, save_probabilities=save_probabilities, overlays=overlays)
     mine = sorted(cases)[part_id::num_parts]
     if not continue_prediction:
         return mine, []
@@ -165,5 +167,5 @@ def finish_run(output_folder: str | Path, schema: LesionSchema, report: RunRepor
     info = dict(run_info)
     info["report"] = {"done": report.done, "skipped": report.skipped,
                       "failures": [{"case": f.case, "error": f.error} for f in report.failures]}
-    write_json(Path(output_folder) / RUN_INFO, info)
+    write_json_atomic(Path(output_folder) / RUN_INFO, info)
     write_tables(output_folder)
