@@ -1,8 +1,12 @@
-"""Atomic file writes: a temp file beside the target, renamed onto it, so no reader ever sees half a file.
+"""Verified atomic file writes: a temp file beside the target, checked, then renamed onto it, so no reader
+ever sees half a file and no failed write leaves a file under the final name.
 
 The writer creates the temp file itself, the way a plain ``open()`` creates a file (mode 0666 minus the
 umask; nothing here reads or changes the process umask, so it is safe in threads); a file that is replaced
-keeps its mode, and a read-only file is never replaced.
+keeps its mode, and a read-only file is never replaced. Before the rename the temp file is checked by its
+type (:func:`nnunet_plus.integrity.check_complete`: gzip stream / NIfTI size, JSON, PNG, npz), because some
+writers do not raise when a write fails (SimpleITK's NIfTI writer on a full disk or past a file-size limit
+leaves a truncated file and returns normally).
 """
 from __future__ import annotations
 
@@ -11,7 +15,13 @@ import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from nnunet_plus.integrity import IncompleteFileError, check_complete
+
+
+class IncompleteWriteError(OSError):
+    """A write that did not produce a complete file; nothing was renamed onto the target."""
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
@@ -28,10 +38,13 @@ def check_replaceable(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a unique hidden temp path beside ``path`` (same suffixes, not created: the writer creates it);
-    renamed onto ``path`` if the block succeeds (taking the mode of the file it replaces), removed otherwise.
-    A read-only ``path`` raises :class:`PermissionError` before anything is written."""
+    when the block succeeds the temp file is verified (:func:`~nnunet_plus.integrity.check_complete`, then
+    ``check(tmp)`` if given, which raises :class:`~nnunet_plus.integrity.IncompleteFileError`) and renamed
+    onto ``path`` (taking the mode of the file it replaces); otherwise it is removed and ``path`` is left as
+    it was. A failed check raises :class:`IncompleteWriteError` (one line naming ``path``); a read-only
+    ``path`` raises :class:`PermissionError` before anything is written."""
     path = Path(path)
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +52,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"
     try:
         yield tmp
+        try:
+            check_complete(tmp)
+            if check is not None:
+                check(tmp)
+        except IncompleteFileError as exc:
+            kept = "the previous file was kept" if path.exists() else "no file was written under that name"
+            raise IncompleteWriteError(f"writing {path} failed: the written file is incomplete ({exc.reason}; disk "
+                                       f"full or over a file-size limit?); {kept}") from exc
         try:
             os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         except FileNotFoundError:  # nothing to replace: the temp file keeps the mode open() gave it

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +28,9 @@ from tqdm import tqdm
 from nnunet_plus.case_analysis import analyse_case
 from nnunet_plus.evaluation.case import evaluate_case
 from nnunet_plus.evaluation.summary import format_patient_table, summarize
+from nnunet_plus.image_io import read_image
 from nnunet_plus.postprocessing.seg2det import seg2det
+from nnunet_plus.safe_load import load_properties
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,15 @@ def sensitivity_key(factor: float) -> str:
 
 
 def load_softmax_export(npz_file: Path) -> tuple[np.ndarray, dict]:
-    """nnU-Net's exported probabilities (C, Z, Y, X) in the raw image's geometry and its ``.pkl`` properties."""
+    """nnU-Net's exported probabilities (C, Z, Y, X) in the raw image's geometry and its ``.pkl`` properties
+    (read as plain data, never unpickled with code: :func:`nnunet_plus.safe_load.load_properties`)."""
     pkl_file = npz_file.with_suffix(".pkl")
     if not pkl_file.is_file():
         raise FileNotFoundError(f"{pkl_file} is missing (nnU-Net writes it beside {npz_file.name}); rerun the "
                                 "validation with `nnUNetv2_train ... --val --npz`")
-    with np.load(npz_file) as data:
+    with np.load(npz_file, allow_pickle=False) as data:
         probabilities = data["probabilities"]
-    with open(pkl_file, "rb") as fh:
-        properties = pickle.load(fh)
+    properties = load_properties(pkl_file)
     if not np.isfinite(probabilities).all():
         raise ValueError(f"{npz_file} holds NaN or infinite probabilities; rerun the validation")
     return probabilities, properties
@@ -71,7 +72,7 @@ def confident_label_map(label_maps: np.ndarray, instances: np.ndarray, suspiciou
 
 
 def _read_image(path: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    return sitk.GetArrayFromImage(read_image(path)).astype(np.float32)
 
 
 def validate_case(npz_file: Path, reference_file: Path, schema: LesionSchema, *,
@@ -83,7 +84,7 @@ def validate_case(npz_file: Path, reference_file: Path, schema: LesionSchema, *,
     """
     case = npz_file.name[: -len(".npz")]
     probabilities, properties = load_softmax_export(npz_file)
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_file)))
+    reference = sitk.GetArrayFromImage(read_image(reference_file))
     if reference.shape != probabilities.shape[1:]:
         raise ValueError(f"{npz_file} has shape {probabilities.shape[1:]} but {reference_file} has "
                          f"{reference.shape}; the export and the reference do not belong together")

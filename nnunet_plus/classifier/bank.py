@@ -27,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import os
-import pickle
 import re
 import zipfile
 import zlib
@@ -43,6 +42,7 @@ from nnunet_plus.classifier.bank_io import (METADATA_FILE, PATIENT_KEYS, TIERS, 
                                             save_case_bank)
 from nnunet_plus.classifier.crops import candidate_rois, liver_input, normalise_intensity
 from nnunet_plus.classifier.shuffle import shuffle_case, shuffled_case_id
+from nnunet_plus.safe_load import load_properties
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 __all__ = ["BankSettings", "CandidateBankError", "CaseBank", "bank_from_nnunet_results", "build_candidate_bank",
@@ -264,8 +264,7 @@ class _CaseJob:
 def _read_properties(pkl_file: Path) -> dict | None:
     if not pkl_file.is_file():
         return None
-    with open(pkl_file, "rb") as fh:
-        return pickle.load(fh)
+    return load_properties(pkl_file)
 
 
 def _shuffle_rng(case_id: str, copy: int) -> np.random.Generator:

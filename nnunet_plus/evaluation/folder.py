@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_plus.evaluation.case import evaluate_case
+from nnunet_plus.image_io import read_image
 from nnunet_plus.evaluation.summary import summarize
 from nnunet_plus.schema import LesionSchema
 
@@ -46,12 +47,10 @@ class Geometry:
 
 
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """A label image as a (Z, Y, X) int array plus its geometry; ValueError if it is not integer-valued."""
+    """A label image as a (Z, Y, X) int array plus its geometry; ValueError naming the file if it is truncated,
+    corrupt (:func:`nnunet_plus.image_io.read_image`) or not integer-valued."""
     path = Path(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ValueError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
+    image = read_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise ValueError(f"{path} is not a 3D single-channel label map")
     array = sitk.GetArrayFromImage(image)

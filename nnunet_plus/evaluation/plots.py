@@ -11,6 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
+from nnunet_plus.atomic import atomic_path
+
 RUN_COLOURS = ("#8c8c8c", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 FROC_X_MIN = 1 / 16
 
@@ -27,16 +29,10 @@ def _figure(width: float, height: float):
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write the figure through a temporary file + rename (normal file permissions, never half-written)."""
+    """Write the figure as PNG through a verified temp file + rename (:func:`nnunet_plus.atomic.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

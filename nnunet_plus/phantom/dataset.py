@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_plus.image_io import write_image
 from nnunet_plus.phantom.anatomy import MIN_FOV_MM, MIN_SHAPE
 from nnunet_plus.phantom.case import render_case
 from nnunet_plus.phantom.cohort import CaseSpec, plan_cohort
@@ -121,7 +122,7 @@ def write_nifti(array: np.ndarray, path: Path, spacing: Sequence[float], origin:
     image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
     image.SetOrigin(tuple(float(o) for o in origin[::-1]))
     image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    sitk.WriteImage(image, str(path), useCompression=True)
+    write_image(image, path)
 
 
 def _write_case(job: tuple) -> dict:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.style
@@ -12,6 +11,9 @@ import SimpleITK as sitk
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+
+from nnunet_plus.atomic import atomic_path
+from nnunet_plus.image_io import read_image
 
 #: (level, width) HU of the whole-slice panel (abdominal window) and of the zoomed panel (liver window,
 #: where the subtle NCCT lesions show).
@@ -74,16 +76,8 @@ def write_preview(dataset_folder: str | os.PathLike, png_path: str | os.PathLike
     with matplotlib.style.context("dark_background"):
         fig = _draw(folder, meta, chosen)
     out = Path(png_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -99,9 +93,9 @@ def _draw(folder: Path, meta: dict, chosen: list[dict]) -> Figure:
         ax.axis("off")
     for k, record in enumerate(chosen):
         ax_full, ax_zoom = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
-        image_itk = sitk.ReadImage(str(folder / record["image"]))
+        image_itk = read_image(folder / record["image"])
         image = sitk.GetArrayFromImage(image_itk)
-        label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / record["label"])))
+        label = sitk.GetArrayFromImage(read_image(folder / record["label"]))
         (z, y, x), caption = _focus(record, label)
         z = int(np.clip(round(z), 0, image.shape[0] - 1))
         sx, sy = image_itk.GetSpacing()[:2]

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "probability images <case>_XXXX.nii.gz")
     source.add_argument("--from-segmentation", dest="from_segmentation", type=Path, default=None,
                         help="post-process another model's label maps (one-hot prior)")
+    parser.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
+                        help="with --from-probabilities: unpickle nnU-Net's <case>.pkl with pickle.load (runs any code "
+                             "the file holds; only for files you produced). Default: the .pkl is read as plain data, "
+                             "or not at all when -i gives the images")
     parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose output and debug logging")
     parser.add_argument("--disable_progress_bar", action="store_true", help="no progress bars (HPC jobs)")
     return parser
@@ -118,7 +122,7 @@ def _run_plug_and_play(args, device) -> object:
                              num_channels=num_channels, save_probabilities=args.save_probabilities,
                              continue_prediction=args.continue_prediction, num_parts=args.num_parts,
                              part_id=args.part_id, overlays=args.overlays, num_processes=args.npp,
-                             progress=not args.disable_progress_bar,
+                             progress=not args.disable_progress_bar, trust_pickle=args.trust_pickle,
                              run_info={"command": " ".join(sys.argv), "classifier_folder":
                                        str(folder) if classifier is not None else None})
 
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-i is required (except with --from-probabilities / --from-segmentation)")
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
         parser.error(f"-part_id must be in 0..{args.num_parts - 1} (counting starts at 0)")
+    if args.trust_pickle and args.from_probabilities is None:
+        parser.error("--trust-pickle only applies to --from-probabilities (nnU-Net's <case>.pkl files)")
     if args.npp < 0 or args.nps < 0:
         parser.error("-npp and -nps must be >= 0")
     if args.f is not None:

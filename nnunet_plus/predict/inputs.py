@@ -26,6 +26,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_plus.image_io import ImageReadError, read_image
+
 #: File extensions read as images (longest first so that ``.nii.gz`` wins over ``.gz``-less variants).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".nii.gz", ".gipl.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".hdr", ".dcm", ".tif", ".tiff",
@@ -232,17 +234,15 @@ def _make_case(case: str, found: dict[int, list[Path]], num_channels: int) -> Ca
 
 
 def read_sitk(path: str | Path) -> sitk.Image:
-    """Read one image file or a DICOM series folder with SimpleITK; :class:`InputError` naming the path."""
+    """Read one image file (:func:`nnunet_plus.image_io.read_image`: truncated / corrupt files refused) or a
+    DICOM series folder with SimpleITK; :class:`InputError` naming the path."""
     path = Path(path)
     if path.is_dir():
         return _read_dicom_series(path)
     try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "rror" in line), first[0] if first else "")
-        raise InputError(f"{path} cannot be read as an image (corrupt or unsupported file): {reason.strip()}") \
-            from exc
+        return read_image(path)
+    except ImageReadError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from nnunet_plus import image_io
 from nnunet_plus.atomic import atomic_path
 from nnunet_plus.predict.inputs import Geometry, InputError
 from nnunet_plus.predict.refine import CaseResult
@@ -93,10 +94,9 @@ def check_output_names(cases: Sequence[str], output_folder: str | Path, *, save_
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
-    """Write a (Z, Y, X) array with ``geometry`` (origin, spacing, direction copied unchanged), compressed."""
-    image = geometry.apply(sitk.GetImageFromArray(array))
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
+    """Write a (Z, Y, X) array with ``geometry`` (origin, spacing, direction copied unchanged), compressed and
+    verified (:func:`nnunet_plus.image_io.write_image`: a failed write raises and leaves no file behind)."""
+    image_io.write_image(geometry.apply(sitk.GetImageFromArray(array)), path)
 
 
 def write_probabilities(probabilities: np.ndarray, properties: dict, output_folder: str | Path,

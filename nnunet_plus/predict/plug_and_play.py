@@ -4,8 +4,10 @@
 
 * nnU-Net's ``<case>.npz`` (key ``probabilities``, (K, Z, Y, X) in the original geometry) + ``<case>.pkl``
   (its properties: geometry in ``sitk_stuff``), as written by ``nnUNetv2_predict --save_probabilities`` with
-  any nnU-Net model (when DIR holds ``.npz`` files, only those are used; the pickle is trusted, as nnU-Net
-  does: only use folders you produced), or
+  any nnU-Net model (when DIR holds ``.npz`` files, only those are used). The pickle is never run: with the
+  CT images (``-i``) the geometry is taken from the image and the ``.pkl`` is not opened; without them it is
+  read as plain data (:func:`nnunet_plus.safe_load.load_properties`). ``trust_pickle`` (``--trust-pickle``)
+  unpickles it with ``pickle.load`` (a warning is logged), as nnU-Net does; or
 * per-class probability images named like multi-channel inputs: ``<case>_XXXX.nii.gz`` = probability of
   label value XXXX, one file for each of the K labels of the dataset (any SimpleITK format).
 
@@ -20,7 +22,7 @@ unknown extensions (nnU-Net's dataset.json, plans.json, ...) are ignored in DIR.
 """
 from __future__ import annotations
 
-import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from nnunet_plus.predict.inputs import (CaseInput, Geometry, InputError, check_o
                                         image_to_array, read_case, read_sitk)
 from nnunet_plus.predict.refine import CaseRefiner
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
+from nnunet_plus.safe_load import load_properties
 
 _PROBABILITY_TOLERANCE = 1e-3
 
@@ -72,21 +75,37 @@ def discover_sources(folder: str | Path, *, mode: str, num_classes: int,
     return {c.case: Source(kind, c) for c in cases}
 
 
-def load_source(source: Source, *, num_classes: int) -> tuple[np.ndarray, Geometry, dict]:
-    """``(probabilities (K, Z, Y, X) float32, geometry, nnU-Net properties)`` of one case."""
+def load_source(source: Source, *, num_classes: int, image_geometry: Geometry | None = None,
+                trust_pickle: bool = False) -> tuple[np.ndarray, Geometry, dict]:
+    """``(probabilities (K, Z, Y, X) float32, geometry, nnU-Net properties)`` of one case.
+
+    For an nnU-Net ``.npz`` the geometry comes from ``image_geometry`` (the case's CT) when given, and the
+    ``.pkl`` is not read (unless ``trust_pickle``); otherwise from the ``.pkl`` read as plain data, or with
+    ``pickle.load`` when ``trust_pickle``."""
     source.case.check()
     if source.kind == "npz":
         npz_path, pkl_path = source.case.files
         try:
-            with np.load(npz_path) as data:
+            with np.load(npz_path, allow_pickle=False) as data:
                 probabilities = np.asarray(data["probabilities"], dtype=np.float32)
-            with open(pkl_path, "rb") as fh:
-                properties = pickle.load(fh)
-        except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-            raise InputError(f"{npz_path} / {pkl_path.name} cannot be read as nnU-Net probabilities: {exc}") from exc
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{npz_path} cannot be read as nnU-Net probabilities (truncated or corrupt file, or no "
+                             f"'probabilities' array: {exc}); export it again") from exc
         if probabilities.ndim != 4:
             raise InputError(f"{npz_path}: 'probabilities' must be (K, Z, Y, X), got shape {probabilities.shape}")
-        geometry = Geometry.from_nnunet_properties(properties, probabilities.shape[1:])
+        if image_geometry is not None and not trust_pickle:
+            if tuple(probabilities.shape[1:]) != image_geometry.shape_zyx:
+                raise InputError(f"{npz_path}: probabilities of shape {probabilities.shape[1:]} are not on the voxel "
+                                 f"grid of the case's image (shape {image_geometry.shape_zyx})")
+            geometry, properties = image_geometry, image_geometry.nnunet_properties()
+        else:
+            try:
+                properties = load_properties(pkl_path, trust_pickle=trust_pickle)
+                geometry = Geometry.from_nnunet_properties(properties, probabilities.shape[1:])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError(str(exc) if isinstance(exc, ValueError) else
+                                 f"{pkl_path} holds no nnU-Net geometry ({type(exc).__name__}: {exc}); give the "
+                                 "CT images with -i") from exc
         name = npz_path
     elif source.kind == "class_images":
         probabilities, geometry = read_case(source.case)
@@ -120,9 +139,10 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
                       images_folder: str | Path | None = None, num_channels: int = 1,
                       save_probabilities: bool = False, continue_prediction: bool = False, num_parts: int = 1,
                       part_id: int = 0, overlays: bool = False, num_processes: int = 2, progress: bool = True,
-                      run_info: dict | None = None) -> RunReport:
+                      run_info: dict | None = None, trust_pickle: bool = False) -> RunReport:
     """Post-process (and classify) another model's output folder into ``output_folder`` (same files as a
-    normal prediction). Cases come from ``source_folder``; ``images_folder`` must hold each of them."""
+    normal prediction). Cases come from ``source_folder``; ``images_folder`` must hold each of them.
+    ``trust_pickle``: unpickle nnU-Net's ``.pkl`` files with ``pickle.load`` (see the module docstring)."""
     schema = refiner.schema
     output_folder = Path(output_folder)
     sources = discover_sources(source_folder, mode=mode, num_classes=schema.num_classes, exclude=output_folder)
@@ -136,12 +156,14 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     output_folder.mkdir(parents=True, exist_ok=True)
 
     def prepare(case: str):
-        probabilities, geometry, properties = load_source(sources[case], num_classes=schema.num_classes)
-        image = None
+        image = image_geometry = None
         if images_folder is not None:
             if case not in images:
                 raise InputError(f"case {case!r}: no image for it in {images_folder}")
             image, image_geometry = read_case(images[case])
+        probabilities, geometry, properties = load_source(sources[case], num_classes=schema.num_classes,
+                                                          image_geometry=image_geometry, trust_pickle=trust_pickle)
+        if image_geometry is not None:
             problem = image_geometry.mismatch(geometry)
             if problem is not None:
                 raise InputError(f"case {case!r}: {sources[case].case.files[0]} is not on the voxel grid of "

@@ -32,6 +32,7 @@ from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folde
 from nnunet_plus.predict.inputs import Geometry, InputError, check_output_folder, discover_cases, read_case
 from nnunet_plus.predict.refine import CaseRefiner, CaseResult
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
+from nnunet_plus.safe_load import check_checkpoint
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class PLUSPredictor:
         if self.sensitivities is not None:
             schema = dataclasses.replace(schema, sensitivities=self.sensitivities)
         ensure_ext_trainer_env()
+        for fold in use_folds:  # nnU-Net loads them with weights_only=False (its code): check them safely first
+            check_checkpoint(folder / f"fold_{fold}" / checkpoint_name)
         try:
             self.nnunet.initialize_from_trained_model_folder(str(folder), use_folds, checkpoint_name)
         except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as exc:

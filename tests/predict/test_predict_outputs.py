@@ -54,8 +54,8 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with atomic_path(target) as tmp:
         assert tmp.name.endswith(".json") and tmp.parent == tmp_path
-        tmp.write_text("whole")
-    assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+        tmp.write_text('"whole"')  # checked before the rename: it must be valid JSON
+    assert target.read_text() == '"whole"' and list(tmp_path.iterdir()) == [target]
 
 
 def test_tables_flatten_lesions_and_patients():

@@ -1,6 +1,11 @@
-"""Helpers for the reliability tests: a small CT + label map on disk, a plug-and-play run without nnU-Net."""
+"""Helpers for the reliability tests: a small CT + label map on disk, a plug-and-play run without nnU-Net, and
+fault injection (a file-size limit in a subprocess, a truncating SimpleITK writer, a truncated copy)."""
 from __future__ import annotations
 
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,10 +37,44 @@ def from_segmentation(source: Path, output: Path, *, images: Path | None = None,
 
 @pytest.fixture
 def cohort(tmp_path, make_tiny_case) -> SimpleNamespace:
-    """``cohort.case(name, folder, seg_folder)`` writes ``<name>.nii.gz`` CT + label map (8 x 32 x 32 voxels)."""
+    """``cohort.case(name, folder, seg_folder)`` writes ``<name>.nii.gz`` CT + label map (8 x 32 x 32 voxels);
+    ``cohort.run`` is :func:`from_segmentation`, ``cohort.write`` :func:`write_nifti`."""
     image, labels = make_tiny_case(3, shape=(8, 32, 32))
 
     def case(name: str, images: Path, segmentations: Path) -> tuple[Path, Path]:
         return (write_nifti(image.astype(np.int16), images / f"{name}.nii.gz"),
                 write_nifti(labels, segmentations / f"{name}.nii.gz"))
-    return SimpleNamespace(case=case, root=tmp_path, run=from_segmentation)
+    return SimpleNamespace(case=case, root=tmp_path, run=from_segmentation, write=write_nifti, schema=SCHEMA)
+
+
+def run_with_file_size_limit(code: str, max_file_bytes: int, *, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` in ``cwd`` where no file may grow past ``max_file_bytes`` (RLIMIT_FSIZE, SIGXFSZ
+    ignored): a write past the limit then fails with EFBIG, the way a write to a full disk fails with ENOSPC."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, preexec_fn=limit, capture_output=True, text=True,
+                          timeout=300)
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut ``path`` to ``keep`` of its bytes (an interrupted copy or download) and return it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.fixture
+def faults(monkeypatch) -> SimpleNamespace:
+    """Fault injection: ``faults.truncate(path, keep=0.5)``, ``faults.file_size_limit(code, max_bytes, cwd=...)``
+    (:func:`run_with_file_size_limit`) and ``faults.truncating_writer()``, which makes ``sitk.WriteImage``
+    behave as on a full disk: it writes half the file and returns normally."""
+    write = sitk.WriteImage
+
+    def half_written(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        truncate(Path(path))
+
+    return SimpleNamespace(truncate=truncate, file_size_limit=run_with_file_size_limit,
+                           truncating_writer=lambda: monkeypatch.setattr(sitk, "WriteImage", half_written))
