@@ -32,9 +32,12 @@ def check_replaceable(path: str | os.PathLike) -> None:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return
-    if not mode & 0o222 or not os.access(path, os.W_OK):
+    if not mode & 0o222:
         raise PermissionError(f"{path} is read-only (mode {stat.S_IMODE(mode):04o}) and was left unchanged; "
                               f"make it writable (chmod u+w {path}) and run again")
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"{path} is not writable by this user (mode {stat.S_IMODE(mode):04o}; another "
+                              f"owner, or the immutable flag: lsattr {path}) and was left unchanged")
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -47,3 +48,11 @@ def dataset_name(dataset: str | int) -> str:
     except RuntimeError as exc:
         raise PathError(f"dataset {dataset!r} not found in nnUNet_raw / nnUNet_preprocessed / nnUNet_results; "
                         "check the id and the environment variables") from exc
+
+
+def trained_folds(folder: str | os.PathLike, checkpoint_name: str) -> list[int | str]:
+    """The folds of a model folder that hold ``checkpoint_name``, in order ``0, 1, ..., "all"``: only folders
+    named exactly ``fold_<k>`` or ``fold_all`` (nnU-Net's names; a copy such as ``fold_1_old`` is not a fold)."""
+    found = [m[1] for p in Path(folder).glob("fold_*")
+             if (m := re.fullmatch(r"fold_(\d+|all)", p.name)) and (p / checkpoint_name).is_file()]
+    return sorted((int(f) if f.isdigit() else f for f in found), key=lambda f: (isinstance(f, str), f))

@@ -187,14 +187,7 @@ class LesionSchema:
                           dataset_id: str | int | None = None) -> "LesionSchema":
         """Read the schema from a dataset.json dict or file; :class:`SchemaError` if it is missing."""
         if not isinstance(dataset_json, Mapping):
-            path = Path(dataset_json)
-            if not path.is_file():
-                raise SchemaError(f"{path} not found; point to the dataset.json of an nnU-Net raw or "
-                                  "preprocessed dataset")
-            try:
-                dataset_json = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise SchemaError(f"{path} is not valid JSON ({exc}); fix or regenerate it") from exc
+            dataset_json = read_dataset_json(dataset_json)
         hint = _fix_hint(dataset_id)
         labels = dataset_json.get("labels")
         if not isinstance(labels, Mapping):
@@ -258,6 +251,26 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
                         max_suspicious_per_case=max_suspicious_per_case, dataset_id=dataset_id)
 
 
+def read_dataset_json(path: str | os.PathLike) -> dict:
+    """The JSON object of a dataset.json file; :class:`SchemaError` (one line naming the file) when it is
+    missing, unreadable, not UTF-8, not valid JSON or not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"{path} not found; point to the dataset.json of an nnU-Net raw or preprocessed dataset")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from exc
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path} is not valid JSON ({exc}); fix or regenerate it") from exc
+    except OSError as exc:
+        raise SchemaError(f"{path} cannot be read ({exc.strerror or exc})") from exc
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path} holds a JSON {type(data).__name__}, not an object; an nnU-Net dataset.json is "
+                          '{"labels": {...}, "channel_names": {...}, ...}')
+    return data
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented, standard JSON to ``path`` through a temp file + rename (never half-written;
     the mode of a plain ``open()``, see nnunet_plus.atomic); NaN / infinity raise ``ValueError``."""
@@ -270,6 +283,6 @@ def write_schema(dataset_json_path: str | os.PathLike, schema: LesionSchema) -> 
     """Add / replace the ``"plus"`` block of a dataset.json file, keeping every other key and the file's mode; a
     symbolic link is kept and its target rewritten. A read-only file raises :class:`PermissionError`."""
     path = Path(os.path.realpath(dataset_json_path))
-    data = json.loads(path.read_text())
+    data = read_dataset_json(path)
     data[SCHEMA_KEY] = schema.to_block()
     write_json_atomic(path, data)

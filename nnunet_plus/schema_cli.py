@@ -9,7 +9,8 @@ from pathlib import Path
 
 from nnunet_plus.atomic import check_replaceable
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
-from nnunet_plus.schema import DEFAULT_MAX_SUSPICIOUS, SchemaError, build_schema, write_schema
+from nnunet_plus.schema import (DEFAULT_MAX_SUSPICIOUS, SchemaError, build_schema, read_dataset_json,
+                                 write_schema)
 
 
 def dataset_json_paths(dataset: str | int) -> list[Path]:
@@ -33,7 +34,7 @@ def configure(dataset_json_files: list[Path], *, dataset_id=None, **schema_optio
     returns the block. Nothing is written when one of the files is read-only (:class:`PermissionError`)."""
     for path in dataset_json_files:
         check_replaceable(os.path.realpath(path))
-    labels = json.loads(dataset_json_files[0].read_text()).get("labels")
+    labels = read_dataset_json(dataset_json_files[0]).get("labels")
     if not isinstance(labels, dict):
         raise SchemaError(f"{dataset_json_files[0]} has no 'labels' block; it is not an nnU-Net dataset.json")
     schema = build_schema(labels, dataset_id=dataset_id, **schema_options)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                           malignant=args.malignant, benign=args.benign, priority=args.priority,
                           sensitivities=args.sensitivities, min_lesion_volume_mm3=args.min_volume_mm3,
                           max_suspicious_per_case=args.max_suspicious)
-    except (SchemaError, PathError, PermissionError) as exc:
+    except (SchemaError, PathError, OSError) as exc:
         print(f"nnunet_plus_configure: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(block, indent=2))

@@ -29,6 +29,7 @@ from nnunet_plus.classifier.bank_io import BankSettings
 from nnunet_plus.classifier.checkpoint import check_compatible, load_checkpoint
 from nnunet_plus.classifier.model import PLUSClassifier, candidate_features
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, DecisionRule, load_rule
+from nnunet_plus.paths import trained_folds
 from nnunet_plus.schema import LesionSchema
 
 __all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "patient_probabilities", "resolve_device"]
@@ -156,10 +157,9 @@ class PLUSInference:
             raise FileNotFoundError(f"PLUS classifier folder {folder} not found; train it with "
                                     "nnunet_plus_train_classifier DATASET CONFIG FOLD")
         if folds is None:
-            found = [p for p in folder.glob("fold_*") if (p / checkpoint).is_file()]
-            folds = sorted((p.name[len("fold_"):] for p in found), key=lambda f: (not f.isdigit(), f.zfill(4)))
+            folds = trained_folds(folder, checkpoint)
             if not folds:
-                raise FileNotFoundError(f"no fold of {folder} has {checkpoint}; train one with "
+                raise FileNotFoundError(f"no fold of {folder} (folders fold_<k>) has {checkpoint}; train one with "
                                         "nnunet_plus_train_classifier (or choose another checkpoint)")
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
         device = resolve_device(device)

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"nnunet_plus_make_phantom: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        print(f"nnunet_plus_make_phantom: error: out of memory ({exc}); choose a smaller --shape or fewer "
+              "processes (-np)", file=sys.stderr)
+        return 2
     print(f"wrote {folder}")
     if args.preview:
         print(f"wrote {png}")

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 DATASET_NAME = "LiverPhantom"
 DEFAULT_SHAPE: tuple[int, int, int] = (32, 96, 96)
+#: peak memory of rendering one case, per voxel (measured: ~124 bytes at the default shape)
+BYTES_PER_VOXEL = 128
 DEFAULT_SPACING: tuple[float, float, float] = (5.0, 3.5, 3.5)
 #: Largest accepted ``conspicuity`` (lesion contrast x c, noise / c).
 MAX_CONSPICUITY = 5.0
@@ -101,9 +103,21 @@ def _check_arguments(dataset_id, n_train, n_test, seed, shape, spacing, origin, 
             f"shape {shape} with spacing {spacing} mm (field of view {fov[0]:g} x {fov[1]:g} x {fov[2]:g} mm) "
             f"is too small for a liver; need at least {MIN_SHAPE} voxels and "
             f"{MIN_FOV_MM[0]:g} x {MIN_FOV_MM[1]:g} x {MIN_FOV_MM[2]:g} mm (z, y, x)")
+    needed, available = float(np.prod(shape, dtype=float)) * BYTES_PER_VOXEL, _physical_memory()
+    if available and needed > available:
+        raise ValueError(f"shape {shape} needs about {needed / 2 ** 30:.3g} GiB of memory per case, more than this "
+                         f"machine's {available / 2 ** 30:.3g} GiB; choose a smaller --shape")
     origin = default_origin(shape, spacing) if origin is None else tuple(float(o) for o in origin)
     selected = tuple(k for k in LESION_TYPES if k in lesion_types)
     return shape, spacing, origin, float(healthy_fraction), selected
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (0 when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _output_root(out_dir: str | os.PathLike | None) -> Path:

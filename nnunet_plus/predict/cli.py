@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import multiprocessing
 import sys
@@ -86,7 +85,7 @@ def _device(name: str | None):
 def _schema_for_plug_and_play(args):
     """Schema + channel count: the trained model's dataset.json when it exists, else the raw dataset's."""
     from nnunet_plus.predict.predictor import model_folder
-    from nnunet_plus.schema import LesionSchema
+    from nnunet_plus.schema import LesionSchema, read_dataset_json
 
     try:
         path = model_folder(args.d, args.c, trainer=args.tr, plans=args.p) / "dataset.json"
@@ -95,7 +94,7 @@ def _schema_for_plug_and_play(args):
     schema = LesionSchema.from_dataset_json(path, dataset_id=args.d)
     if args.sensitivities is not None:
         schema = dataclasses.replace(schema, sensitivities=tuple(args.sensitivities))
-    dataset_json = json.loads(Path(path).read_text())
+    dataset_json = read_dataset_json(path)
     return schema, len(dataset_json.get("channel_names", dataset_json.get("modality", {"0": "CT"})))
 
 
@@ -154,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trust-pickle only applies to --from-probabilities (nnU-Net's <case>.pkl files)")
     if args.npp < 0 or args.nps < 0:
         parser.error("-npp and -nps must be >= 0")
+    if not 0 < args.step_size <= 1:
+        parser.error(f"-step_size must be in (0, 1] (a fraction of the patch size), got {args.step_size}")
     if args.f is not None:
+        bad = [f for f in args.f if not (f.isdigit() or f == "all")]
+        if bad:
+            parser.error(f"-f takes fold numbers or 'all' (folders fold_<k> / fold_all), got {' '.join(bad)}")
         args.f = [int(f) if f.isdigit() else f for f in args.f]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

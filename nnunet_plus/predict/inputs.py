@@ -19,6 +19,7 @@ Image extensions: every format SimpleITK reads, see :data:`IMAGE_EXTENSIONS`. Ar
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -198,6 +199,20 @@ def check_output_folder(output_folder: str | Path, input_folders: Mapping[str, s
             if (real if real.is_dir() else real.parent) == out:
                 raise InputError(f"-o {output_folder} holds the input {real} (read through {path}): the outputs "
                                  "could overwrite it; choose an output folder that holds no input")
+
+
+def prepare_output_folder(output_folder: str | Path) -> Path:
+    """Create ``output_folder`` and check that files can be created in it (a temp file is created and removed),
+    before any case is computed; :class:`InputError` naming the folder otherwise."""
+    folder = Path(output_folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nnunet_plus_write_test.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise InputError(f"-o {folder} is not a writable folder ({exc.strerror or exc}); choose another output "
+                         "folder or fix its permissions") from exc
+    return folder
 
 
 def _rule_hint(num_channels: int) -> str:

@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_plus.predict.inputs import (CaseInput, Geometry, InputError, check_output_folder, discover_cases,
-                                        image_to_array, read_case, read_sitk)
+                                        image_to_array, prepare_output_folder, read_case, read_sitk)
 from nnunet_plus.predict.refine import CaseRefiner
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 from nnunet_plus.safe_load import load_properties
 
 _PROBABILITY_TOLERANCE = 1e-3
+_SUM_TOLERANCE = 1e-2  # float16 exports
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,11 @@ def load_source(source: Source, *, num_classes: int, image_geometry: Geometry | 
     if not np.isfinite(low + high) or low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE:
         raise InputError(f"{name}: values range from {low} to {high}; probabilities in [0, 1] are needed (logits "
                          "must go through a softmax first)")
+    total = probabilities.sum(axis=0)
+    low, high = float(total.min()), float(total.max())
+    if low < 1 - _SUM_TOLERANCE or high > 1 + _SUM_TOLERANCE:
+        raise InputError(f"{name}: the {num_classes} class probabilities sum to {low:.3g}..{high:.3g} per voxel; "
+                         "they must sum to 1 (a softmax over all labels, background included); export them again")
     return probabilities, geometry, properties
 
 
@@ -153,7 +159,7 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     todo, skipped = select_cases(list(sources), output_folder, num_parts=num_parts, part_id=part_id,
                                  continue_prediction=continue_prediction, save_probabilities=save_probabilities,
                                  overlays=overlays)
-    output_folder.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(output_folder)
 
     def prepare(case: str):
         image = image_geometry = None

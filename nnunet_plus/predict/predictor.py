@@ -28,14 +28,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder
-from nnunet_plus.predict.inputs import Geometry, InputError, check_output_folder, discover_cases, read_case
+from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder, trained_folds
+from nnunet_plus.predict.inputs import (Geometry, InputError, check_output_folder, discover_cases,
+                                        prepare_output_folder, read_case)
 from nnunet_plus.predict.refine import CaseRefiner, CaseResult
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 from nnunet_plus.safe_load import check_checkpoint
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)
+
+#: warn before resampling when the model's grid has more than this many times the image's voxels
+UPSAMPLING_WARNING = 4.0
 
 #: nnU-Net image readers whose arrays equal what nnunet_plus.predict.inputs reads (SimpleITK, z-y-x order)
 SUPPORTED_READERS = ("SimpleITKIO",)
@@ -62,13 +66,12 @@ def check_model_folder(folder: str | Path, folds: Sequence[int | str] | None,
     for name in ("dataset.json", "plans.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found; {folder} is not a trained nnU-Net model folder")
-    available = sorted((p.name[len("fold_"):] for p in folder.glob("fold_*")
-                        if (p / checkpoint_name).is_file()), key=lambda f: (not f.isdigit(), f.zfill(4)))
+    available = trained_folds(folder, checkpoint_name)
     if folds is None:
         if not available:
-            raise FileNotFoundError(f"no fold of {folder} has {checkpoint_name}; train it with nnUNetv2_train or "
-                                    "pick another checkpoint with -chk")
-        return [int(f) if f.isdigit() else f for f in available if f != "all"] or ["all"]
+            raise FileNotFoundError(f"no fold of {folder} (folders fold_<k> or fold_all) has {checkpoint_name}; "
+                                    "train it with nnUNetv2_train or pick another checkpoint with -chk")
+        return [f for f in available if f != "all"] or ["all"]
     chosen = []
     for fold in folds:
         fold = int(fold) if str(fold).isdigit() else str(fold)
@@ -183,11 +186,34 @@ class PLUSPredictor:
             raise RuntimeError("call initialize_from_trained_model_folder() (or use from_dataset()) first")
 
     # ---- one case in memory -----------------------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray, geometry: Geometry) -> tuple[torch.Tensor, dict]:
-        """nnU-Net preprocessing of a (C, Z, Y, X) image: (network input tensor, nnU-Net properties)."""
+    def check_resampling(self, geometry: Geometry, name: str | Path = "image") -> tuple[int, ...]:
+        """The (z, y, x) shape ``geometry`` is resampled to at the model's spacing (nnU-Net's rounding, before its
+        crop to the non-zero region); :class:`InputError` naming ``name`` when an axis would have no voxel, a
+        warning when the grid grows more than :data:`UPSAMPLING_WARNING` times (a wrong header spacing?)."""
+        transpose = self.nnunet.plans_manager.transpose_forward
+        shape = np.array([geometry.shape_zyx[i] for i in transpose], dtype=float)
+        spacing = np.array([geometry.spacing_zyx[i] for i in transpose], dtype=float)
+        target = self.nnunet.configuration_manager.spacing
+        target = np.array(target if len(target) == len(shape) else [spacing[0], *target], dtype=float)
+        new = np.round(shape * spacing / target).astype(np.int64)
+        described = (f"spacing {tuple(round(float(s), 6) for s in spacing)} mm resamples {tuple(int(n) for n in shape)}"
+                     f" voxels to {tuple(int(n) for n in new)} at the model's {tuple(float(t) for t in target)} mm")
+        if (new < 1).any():
+            raise InputError(f"{name}: {described}; the header spacing is wrong, fix it (e.g. SimpleITK SetSpacing)")
+        factor = float(np.prod(new.astype(float)) / np.prod(shape))
+        if factor > UPSAMPLING_WARNING:
+            logger.warning("%s: %s (%.0fx the voxels, %.3g GiB per channel as float32): this may take long; check the header "
+                           "spacing", name, described, factor, float(np.prod(new.astype(float))) * 4 / 2 ** 30)
+        return tuple(int(n) for n in new)
+
+    def preprocess(self, image: np.ndarray, geometry: Geometry, *, name: str | Path = "image"
+                   ) -> tuple[torch.Tensor, dict]:
+        """nnU-Net preprocessing of a (C, Z, Y, X) image: (network input tensor, nnU-Net properties);
+        ``name`` (the file) is named in errors and warnings, see :meth:`check_resampling`."""
         self._require_initialized()
         if image.ndim != 4 or image.shape[0] != self.num_channels:
             raise InputError(f"image must have shape (C={self.num_channels}, Z, Y, X), got {image.shape}")
+        self.check_resampling(geometry, name)
         preprocessor = self.nnunet.configuration_manager.preprocessor_class(verbose=False)
         data, _, properties = preprocessor.run_case_npy(image, None, geometry.nnunet_properties(),
                                                         self.nnunet.plans_manager,
@@ -243,14 +269,14 @@ class PLUSPredictor:
         todo, skipped = select_cases(list(inputs), output_folder, num_parts=num_parts, part_id=part_id,
                                      continue_prediction=continue_prediction,
                                      save_probabilities=save_probabilities, overlays=overlays)
-        output_folder.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(output_folder)
         logger.info("%d case(s) in %s; part %d/%d predicts %d, %d already done", len(inputs), input_folder,
                     part_id, num_parts, len(todo), len(skipped))
         schema = self.schema
 
         def prepare(case: str):
             image, geometry = read_case(inputs[case])
-            data, properties = self.preprocess(image, geometry)
+            data, properties = self.preprocess(image, geometry, name=inputs[case].files[0])
             return image, geometry, data, properties
 
         def compute(case: str, item):

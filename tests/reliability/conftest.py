@@ -2,12 +2,14 @@
 fault injection (a file-size limit in a subprocess, a truncating SimpleITK writer, a truncated copy)."""
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -66,15 +68,44 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
 
 
 @pytest.fixture
-def faults(monkeypatch) -> SimpleNamespace:
+def faults(monkeypatch) -> Iterator[SimpleNamespace]:
     """Fault injection: ``faults.truncate(path, keep=0.5)``, ``faults.file_size_limit(code, max_bytes, cwd=...)``
-    (:func:`run_with_file_size_limit`) and ``faults.truncating_writer()``, which makes ``sitk.WriteImage``
-    behave as on a full disk: it writes half the file and returns normally."""
+    (:func:`run_with_file_size_limit`), ``faults.truncating_writer()``, which makes ``sitk.WriteImage``
+    behave as on a full disk: it writes half the file and returns normally; ``faults.immutable(path)``: the
+    immutable flag (``chattr +i``, root only; the test is skipped where it is refused), ``faults.read_only(path)``:
+    mode 0555 / 0444, plus the immutable flag for root (who writes through any mode)."""
     write = sitk.WriteImage
+    frozen: list[Path] = []
 
     def half_written(image, path, *args, **kwargs):
         write(image, path, *args, **kwargs)
         truncate(Path(path))
 
-    return SimpleNamespace(truncate=truncate, file_size_limit=run_with_file_size_limit,
-                           truncating_writer=lambda: monkeypatch.setattr(sitk, "WriteImage", half_written))
+    def immutable(path: Path) -> Path:
+        if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+            pytest.skip("chattr +i (the immutable flag) is not permitted here")
+        frozen.append(path)
+        return path
+
+    def read_only(path: Path) -> Path:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        return immutable(path) if os.geteuid() == 0 else path  # root writes through any mode
+
+    yield SimpleNamespace(truncate=truncate, file_size_limit=run_with_file_size_limit, read_only=read_only,
+                          immutable=immutable,
+                          truncating_writer=lambda: monkeypatch.setattr(sitk, "WriteImage", half_written))
+    for path in frozen:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.fixture
+def model_grid() -> SimpleNamespace:
+    """``model_grid.predictor``: what :meth:`PLUSPredictor.check_resampling` reads of a loaded model (target
+    spacing 4 x 1.5 x 1.5 mm, z-y-x); ``model_grid.geometry(spacing_xyz)``: a 16 x 16 x 8 (x, y, z) image."""
+    from nnunet_plus.predict.inputs import Geometry
+
+    predictor = SimpleNamespace(nnunet=SimpleNamespace(
+        plans_manager=SimpleNamespace(transpose_forward=[0, 1, 2]),
+        configuration_manager=SimpleNamespace(spacing=[4.0, 1.5, 1.5])))
+    return SimpleNamespace(predictor=predictor, geometry=lambda spacing_xyz: Geometry(
+        (16, 16, 8), tuple(spacing_xyz), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)))
