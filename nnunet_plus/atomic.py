@@ -11,13 +11,19 @@ leaves a truncated file and returns normally).
 from __future__ import annotations
 
 import os
+import re
 import stat
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from nnunet_plus.integrity import IncompleteFileError, check_complete
+
+
+#: the hidden temp files :func:`atomic_path` writes: ``.<name>.<32 hex digits>.tmp<suffix>``
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp(\..+)?$")
 
 
 class IncompleteWriteError(OSError):
@@ -52,7 +58,7 @@ def atomic_path(path: str | os.PathLike, *, check: Callable[[Path], None] | None
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"  # matches TEMP_NAME
     try:
         yield tmp
         try:
@@ -70,3 +76,18 @@ def atomic_path(path: str | os.PathLike, *, check: Callable[[Path], None] | None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def stale_temp_files(folder: str | os.PathLike, older_than_s: float) -> list[Path]:
+    """Temp files of :func:`atomic_path` directly in ``folder`` (:data:`TEMP_NAME`) last modified more than
+    ``older_than_s`` seconds ago: left by a killed writer (a running writer's temp file is younger)."""
+    cutoff = time.time() - older_than_s
+    stale = []
+    for entry in os.scandir(folder):
+        try:
+            if TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                stale.append(Path(entry.path))
+        except FileNotFoundError:  # removed meanwhile (renamed by its writer, or by another part)
+            pass
+    return sorted(stale)

@@ -18,6 +18,7 @@ Image extensions: every format SimpleITK reads, see :data:`IMAGE_EXTENSIONS`. Ar
 """
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_plus.atomic import stale_temp_files
 from nnunet_plus.image_io import ImageReadError, read_image
 
 #: File extensions read as images (longest first so that ``.nii.gz`` wins over ``.gz``-less variants).
@@ -36,6 +38,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 #: Data files of header + data formats (read through their header), skipped during discovery.
 COMPANION_EXTENSIONS: tuple[str, ...] = (".raw", ".zraw", ".img", ".img.gz")
+
+logger = logging.getLogger(__name__)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _GEOMETRY_ATOL_MM = 1e-4
@@ -201,9 +205,14 @@ def check_output_folder(output_folder: str | Path, input_folders: Mapping[str, s
                                  "could overwrite it; choose an output folder that holds no input")
 
 
+#: temp files older than this (seconds) are left by a killed run, not by a running part of this one
+STALE_TEMP_S = 600
+
+
 def prepare_output_folder(output_folder: str | Path) -> Path:
     """Create ``output_folder`` and check that files can be created in it (a temp file is created and removed),
-    before any case is computed; :class:`InputError` naming the folder otherwise."""
+    before any case is computed; :class:`InputError` naming the folder otherwise. Temp files of a killed run
+    (older than :data:`STALE_TEMP_S`, see :func:`~nnunet_plus.atomic.stale_temp_files`) are removed."""
     folder = Path(output_folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -212,6 +221,15 @@ def prepare_output_folder(output_folder: str | Path) -> Path:
     except OSError as exc:
         raise InputError(f"-o {folder} is not a writable folder ({exc.strerror or exc}); choose another output "
                          "folder or fix its permissions") from exc
+    removed = 0
+    for path in stale_temp_files(folder, STALE_TEMP_S):
+        try:
+            path.unlink(missing_ok=True)
+            removed += 1
+        except OSError as exc:
+            logger.warning("%s: temp file of an interrupted run not removed (%s)", path, exc.strerror or exc)
+    if removed:
+        logger.info("%s: removed %d temp file(s) left by an interrupted run", folder, removed)
     return folder
 
 

@@ -14,6 +14,7 @@ traceback and listed in the :class:`RunReport`.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -162,10 +163,31 @@ def write_case_outputs(output_folder: str | Path, result: CaseResult, *, schema:
 
 
 def finish_run(output_folder: str | Path, schema: LesionSchema, report: RunReport, run_info: dict) -> None:
-    """Run-level files: label descriptions, the run's settings + report, the cohort tables (all cases)."""
+    """Run-level files: label descriptions, the run's settings + report (the last run's at the top level, and
+    every part's report under ``"parts"``: ``{"<part_id>/<num_parts>": report}``), the cohort tables (all
+    cases)."""
     write_label_descriptions(output_folder, schema)
     info = dict(run_info)
     info["report"] = {"done": report.done, "skipped": report.skipped,
                       "failures": [{"case": f.case, "error": f.error} for f in report.failures]}
-    write_json_atomic(Path(output_folder) / RUN_INFO, info)
+    num_parts = info.get("num_parts", 1)
+    path = Path(output_folder) / RUN_INFO
+    info["parts"] = {**_previous_parts(path, num_parts), f"{info.get('part_id', 0)}/{num_parts}": info["report"]}
+    write_json_atomic(path, info)
     write_tables(output_folder)
+
+
+def _previous_parts(path: Path, num_parts: int) -> dict:
+    """The ``"parts"`` reports of the run-info file ``path`` from a split into ``num_parts`` parts; ``{}`` when
+    there is none, or (with a warning) when the file cannot be read."""
+    try:
+        parts = json.loads(path.read_text(encoding="utf-8")).get("parts", {})
+        if not isinstance(parts, dict):
+            raise ValueError(f'"parts" is a JSON {type(parts).__name__}, not an object')
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: not a JSON object
+        logger.warning("%s cannot be read (%s); the reports of earlier parts in it are not kept", path, exc)
+        return {}
+    return {key: value for key, value in parts.items() if key.endswith(f"/{num_parts}")}
+
