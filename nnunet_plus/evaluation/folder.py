@@ -19,8 +19,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_plus.evaluation.case import evaluate_case
-from nnunet_plus.image_io import read_image
 from nnunet_plus.evaluation.summary import summarize
+from nnunet_plus.image_io import read_image
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)

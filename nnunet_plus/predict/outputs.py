@@ -80,8 +80,9 @@ def check_output_names(cases: Sequence[str], output_folder: str | Path, *, save_
     owners: dict[str, str | None] = {name: None for name in RUN_FILES}
     keys = case_outputs(save_probabilities=save_probabilities, overlays=overlays)
     for case in sorted(cases):
+        paths = case_paths(output_folder, case)
         for key in keys:
-            path = case_paths(output_folder, case)[key]
+            path = paths[key]
             if path.name not in owners:
                 owners[path.name] = case
                 continue
