@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from nnunet_plus.phantom.dataset import DEFAULT_SHAPE, DEFAULT_SPACING, make_phantom_dataset
+from nnunet_plus.phantom.dataset import DEFAULT_CASE_PREFIX, DEFAULT_SHAPE, DEFAULT_SPACING, make_phantom_dataset
 from nnunet_plus.phantom.lesions import LESION_TYPES
 from nnunet_plus.phantom.preview import write_preview
 
@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conspicuity", type=float, default=1.0,
                         help="lesion-to-liver contrast x C and CT noise / C; 1 = realistic subtle NCCT lesions "
                              "(default), the demo uses a higher value so a short CPU training learns them")
+    parser.add_argument("--case-prefix", default=DEFAULT_CASE_PREFIX, metavar="PREFIX",
+                        help="case ids are PREFIX_0000, PREFIX_0001, ... (1 to 32 ASCII letters or digits; default: "
+                             "%(default)s); give a second cohort, e.g. an extra cohort to be predicted by models "
+                             "trained on the first, another prefix so that its case ids do not collide. The prefix "
+                             "does not change the images")
     parser.add_argument("--out", help="parent folder of the dataset (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("-np", "--num-processes", type=int, help="worker processes (default: CPU count, max 8)")
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset_id, args.n_train, n_test=args.n_test, seed=args.seed, shape=args.shape,
             spacing=args.spacing, origin=args.origin, healthy_fraction=args.healthy_fraction,
             lesion_types=args.lesion_types, out_dir=args.out, overwrite=args.overwrite,
-            num_processes=args.num_processes, quiet=args.quiet, conspicuity=args.conspicuity)
+            num_processes=args.num_processes, quiet=args.quiet, conspicuity=args.conspicuity,
+            case_prefix=args.case_prefix)
         if args.preview:
             png = write_preview(folder, args.preview)
     except (ValueError, OSError) as exc:

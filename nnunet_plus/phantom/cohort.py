@@ -97,11 +97,12 @@ def _lesion_list(rng: np.random.Generator, primary: str, condition: str, selecte
 
 
 def plan_cohort(n_train: int, n_test: int, *, seed: int, healthy_fraction: float,
-                lesion_types: tuple[str, ...]) -> list[CaseSpec]:
+                lesion_types: tuple[str, ...], case_prefix: str = "case") -> list[CaseSpec]:
     """Plan every case: exactly ``round(healthy_fraction * n)`` healthy subjects per split, main lesion types
     spread over the others in proportion to :data:`PRIMARY_WEIGHTS` (each selected type at least once when
-    there are enough cases), liver condition from the context rule. Case ids are ``case_0000`` onwards,
-    training cases first."""
+    there are enough cases), liver condition from the context rule. Case ids are ``f"{case_prefix}_{index:04d}"``
+    (``case_0000`` onwards by default), training cases first. The prefix only names the cases: it never enters
+    the random draws, so two cohorts that differ only in ``case_prefix`` have the same content."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     weights = {k: PRIMARY_WEIGHTS[k] for k in LESION_TYPES if k in lesion_types}
     specs: list[CaseSpec] = []
@@ -118,7 +119,7 @@ def plan_cohort(n_train: int, n_test: int, *, seed: int, healthy_fraction: float
                 condition = _choose(rng, CONDITION_WEIGHTS[primary])
                 kinds = _lesion_list(rng, primary, condition, lesion_types)
             index = len(specs)
-            specs.append(CaseSpec(f"case_{index:04d}", index, split, condition, kinds, seed))
+            specs.append(CaseSpec(f"{case_prefix}_{index:04d}", index, split, condition, kinds, seed))
     return specs
 
 

@@ -17,6 +17,11 @@ Geometry: identity direction (axial, LPS), spacing as asked, origin = the world 
 by default chosen so that the volume is centred on (0, 0, 0). The dataset is generated in a hidden temporary
 folder next to the target and renamed into place at the end: an interrupted run never leaves a
 ``DatasetXXX_...`` folder behind.
+
+Case ids are ``<case_prefix>_0000`` onwards, ``case_0000`` by default. A second cohort meant to be predicted
+by models trained on the first (an "extra cohort") takes another prefix (``case_prefix="extra"`` or
+``--case-prefix extra``) so that its ids never collide with the first cohort's; the prefix only names the cases
+and never changes the random draws (same seed and index give the same image whatever the prefix).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import io
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,6 +56,11 @@ BYTES_PER_VOXEL = 128
 DEFAULT_SPACING: tuple[float, float, float] = (5.0, 3.5, 3.5)
 #: Largest accepted ``conspicuity`` (lesion contrast x c, noise / c).
 MAX_CONSPICUITY = 5.0
+#: Default case-id prefix: cases are ``case_0000``, ``case_0001``, ...
+DEFAULT_CASE_PREFIX = "case"
+#: Longest accepted case-id prefix.
+MAX_CASE_PREFIX_LENGTH = 32
+_CASE_PREFIX = re.compile(f"[A-Za-z0-9]{{1,{MAX_CASE_PREFIX_LENGTH}}}")
 PATIENT_COLUMNS = ("case_id", "split", "liver_condition", "patient_class", "patient_category", "n_lesions",
                    "lesion_types", "largest_diameter_mm", "total_lesion_volume_cm3", "liver_volume_cm3",
                    "spleen_volume_cm3", "ascites", "noise_sigma_hu")
@@ -66,9 +77,22 @@ def default_origin(shape: Sequence[int], spacing: Sequence[float]) -> tuple[floa
     return tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
 
 
+def check_case_prefix(case_prefix) -> str:
+    """Return ``case_prefix`` if it is 1 to :data:`MAX_CASE_PREFIX_LENGTH` ASCII letters or digits, else raise
+    ValueError (one line). No underscores or other characters, so that every id is unambiguously
+    ``<prefix>_<4 digits>`` and safe in file names."""
+    if not isinstance(case_prefix, str) or not _CASE_PREFIX.fullmatch(case_prefix):
+        shown = repr(case_prefix)
+        shown = shown if len(shown) <= 50 else shown[:47] + "..."
+        raise ValueError(f"case prefix must be 1 to {MAX_CASE_PREFIX_LENGTH} ASCII letters or digits "
+                         f"(e.g. 'extra'), got {shown}")
+    return case_prefix
+
+
 def _check_arguments(dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types,
-                     num_processes, conspicuity) -> tuple:
+                     num_processes, conspicuity, case_prefix=DEFAULT_CASE_PREFIX) -> tuple:
     """Validate and normalise the arguments of :func:`make_phantom_dataset`; ValueError on bad input."""
+    check_case_prefix(case_prefix)
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
         raise ValueError(f"dataset id must be an integer from 1 to 999, got {dataset_id!r}")
     for name, value, least in (("n_train", n_train, 1), ("n_test", n_test, 0), ("seed", seed, 0),
@@ -180,7 +204,7 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
                          origin: Sequence[float] | None = None, healthy_fraction: float = 0.3,
                          lesion_types: Sequence[str] | None = None, out_dir: str | os.PathLike | None = None,
                          overwrite: bool = False, num_processes: int | None = None, quiet: bool = False,
-                         conspicuity: float = 1.0) -> Path:
+                         conspicuity: float = 1.0, case_prefix: str = DEFAULT_CASE_PREFIX) -> Path:
     """Generate a synthetic non-contrast liver CT cohort in nnU-Net raw format; return the dataset folder.
 
     Parameters
@@ -201,6 +225,10 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
     conspicuity : 1 (default) gives realistic, subtle NCCT lesions; c > 1 multiplies every non-calcified
         lesion's contrast against the liver by c and divides the CT noise by c (the demo's short CPU
         training learns lesions only then). Recorded in cases.json.
+    case_prefix : case ids are ``f"{case_prefix}_{index:04d}"`` (default ``case_0000`` onwards); 1 to 32 ASCII
+        letters or digits. Give a second cohort (e.g. an extra cohort predicted by models trained on the
+        first) another prefix so that its case ids do not collide; the prefix never changes the images or
+        labels. Recorded in dataset.json and cases.json.
 
     Raises ValueError (one-line message) on bad arguments, a missing output folder, an existing dataset
     folder without ``overwrite`` or another dataset with the same id.
@@ -208,7 +236,7 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
     num_processes = min(os.cpu_count() or 1, 8) if num_processes is None else num_processes
     shape, spacing, origin, healthy_fraction, selected = _check_arguments(
         dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types, num_processes,
-        conspicuity)
+        conspicuity, case_prefix)
     root = _output_root(out_dir)
     name = f"Dataset{int(dataset_id):03d}_{DATASET_NAME}"
     target = root / name
@@ -221,7 +249,7 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
 
     labels = phantom_labels(selected)
     specs = plan_cohort(int(n_train), int(n_test), seed=int(seed), healthy_fraction=healthy_fraction,
-                        lesion_types=selected)
+                        lesion_types=selected, case_prefix=case_prefix)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
@@ -233,7 +261,7 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
         _write_metadata(staging, name, labels, records, dict(
             seed=int(seed), shape=list(shape), spacing=list(spacing), origin=list(origin),
             healthy_fraction=healthy_fraction, lesion_types=list(selected), n_train=int(n_train),
-            n_test=int(n_test), conspicuity=float(conspicuity)))
+            n_test=int(n_test), conspicuity=float(conspicuity), case_prefix=case_prefix))
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

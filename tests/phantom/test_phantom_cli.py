@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nnunet_plus.phantom.cli import main
+from nnunet_plus.phantom.cli import build_parser, main
 
 SMALL = ["--shape", "16", "48", "48", "--spacing", "7", "4", "4", "-np", "1", "--quiet"]
 
@@ -36,6 +36,29 @@ def test_cli_bad_arguments(tmp_path, capsys, args, message):
     assert code != 0
     err = capsys.readouterr().err
     assert err.startswith("nnunet_plus_make_phantom: error: ") and message in err
+    assert err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_case_prefix(tmp_path, capsys):
+    code = main(["-d", "991", "-n", "1", "--n-test", "1", "--case-prefix", "extra", "--out", str(tmp_path), *SMALL])
+    assert code == 0
+    folder = tmp_path / "Dataset991_LiverPhantom"
+    assert [p.name for p in (folder / "imagesTr").iterdir()] == ["extra_0000_0000.nii.gz"]
+    assert [p.name for p in (folder / "labelsTs").iterdir()] == ["extra_0001.nii.gz"]
+    assert json.loads((folder / "dataset.json").read_text())["phantom"]["case_prefix"] == "extra"
+
+
+def test_cli_case_prefix_defaults_to_case():
+    assert build_parser().parse_args(["-d", "1", "-n", "1"]).case_prefix == "case"
+
+
+@pytest.mark.parametrize("prefix", ["a_b", "", "x/y"])
+def test_cli_bad_case_prefix(tmp_path, capsys, prefix):
+    code = main(["-d", "990", "-n", "2", "--out", str(tmp_path), "--case-prefix", prefix, *SMALL])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet_plus_make_phantom: error: case prefix must be 1 to 32 ASCII letters or digits")
     assert err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 

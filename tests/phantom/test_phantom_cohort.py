@@ -1,6 +1,8 @@
 """Cohort planning: exact healthy counts, the context rule, lesion multiplicity, patient classes."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,17 @@ def test_ids_order_and_every_main_type_present():
     mains = {patient_class(s.lesion_types) for s in specs if s.split == "train"}
     # 12 lesion cases over 6 types: each type is the main (highest-priority) lesion of at least one case
     assert mains == set(LESION_TYPES)
+
+
+def test_case_prefix_names_the_cases_only():
+    plain = plan_cohort(7, 2, seed=5, healthy_fraction=0.3, lesion_types=LESION_TYPES)
+    extra = plan_cohort(7, 2, seed=5, healthy_fraction=0.3, lesion_types=LESION_TYPES, case_prefix="extra2")
+    assert [s.case_id for s in extra] == [f"extra2_{i:04d}" for i in range(9)]
+    # same plan and same per-case random draws: only the id differs
+    assert [replace(s, case_id="") for s in extra] == [replace(s, case_id="") for s in plain]
+    assert plan_cohort(7, 2, seed=5, healthy_fraction=0.3, lesion_types=LESION_TYPES, case_prefix="case") == plain
+    for a, b in zip(plain, extra):
+        assert a.rng().random(4).tolist() == b.rng().random(4).tolist()
 
 
 def test_healthy_subjects_include_fatty_and_cirrhotic(big_plan):

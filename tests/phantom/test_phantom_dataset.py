@@ -106,6 +106,44 @@ def test_bit_identical_whatever_the_process_count(written, tmp_path):
         assert filecmp.cmp(written / name, again / name, shallow=False)
 
 
+def test_case_prefix_renames_cases_but_keeps_images(written, tmp_path):
+    extra = make_phantom_dataset(991, 6, n_test=2, seed=4, origin=ORIGIN, healthy_fraction=0.34, out_dir=tmp_path,
+                                 num_processes=1, quiet=True, case_prefix="extra", **SMALL)
+    assert sorted(p.name for p in (extra / "imagesTr").iterdir()) == [f"extra_{i:04d}_0000.nii.gz" for i in range(6)]
+    assert sorted(p.name for p in (extra / "labelsTs").iterdir()) == ["extra_0006.nii.gz", "extra_0007.nii.gz"]
+    cases = json.loads((extra / "cases.json").read_text())
+    plain = json.loads((written / "cases.json").read_text())
+    assert [c["case_id"] for c in cases["cases"]] == [f"extra_{i:04d}" for i in range(8)]
+    assert [r["case_id"] for r in csv.DictReader((extra / "patients.csv").open())] == [f"extra_{i:04d}" for i in range(8)]
+    assert cases["generator"]["case_prefix"] == "extra" and plain["generator"]["case_prefix"] == "case"
+    assert json.loads((extra / "dataset.json").read_text())["phantom"]["case_prefix"] == "extra"
+    assert json.loads((written / "dataset.json").read_text())["phantom"]["case_prefix"] == "case"
+    for mine, theirs in zip(cases["cases"], plain["cases"]):
+        # same seed and index: identical content, only the names differ
+        assert mine["image"] == theirs["image"].replace("case_", "extra_")
+        assert mine["label"] == theirs["label"].replace("case_", "extra_")
+        strip = ("case_id", "image", "label")
+        assert {k: v for k, v in mine.items() if k not in strip} == {k: v for k, v in theirs.items() if k not in strip}
+        for key in ("image", "label"):
+            a, b = sitk.ReadImage(str(extra / mine[key])), sitk.ReadImage(str(written / theirs[key]))
+            assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+            assert a.GetPixelID() == b.GetPixelID() and a.GetOrigin() == b.GetOrigin()
+            assert a.GetSpacing() == b.GetSpacing()
+
+
+@pytest.mark.parametrize("prefix", ["a_b", "", "x/y", "a" * 33, "caf\u00e9", " case", "case\n", None, 7])
+def test_bad_case_prefix(tmp_path, prefix):
+    with pytest.raises(ValueError) as info:
+        make_phantom_dataset(990, 2, out_dir=tmp_path, quiet=True, case_prefix=prefix, **SMALL)
+    message = str(info.value)
+    assert message.startswith("case prefix must be 1 to 32 ASCII letters or digits") and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_longest_case_prefix_accepted():
+    assert dataset_module.check_case_prefix("A1" * 16) == "A1" * 16
+
+
 def test_other_seed_differs(written, tmp_path):
     other = make_phantom_dataset(990, 1, n_test=0, seed=5, origin=ORIGIN, out_dir=tmp_path, num_processes=1,
                                  quiet=True, **SMALL)
