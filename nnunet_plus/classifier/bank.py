@@ -20,6 +20,13 @@ liver, image + reference + softmax together), analysed by :func:`build_case_cand
 :func:`~nnunet_plus.classifier.splits.check_bank_for_fold` makes it a training case of exactly the folds that
 train on the original, and never a validation case. Copy ``k`` of a case is drawn with the seed
 ``[crc32(case id), k]``, so a rebuild or a resumed build makes the same copy.
+
+Extra cases (``extra_dir``, issue 13 point 5): labelled cases that no nnU-Net fold trained on, predicted by the
+trained folds (``nnUNetv2_predict --save_probabilities``), add lesions to learn from and validation patients to
+fit the operating point on, without more stage-one training. The folder holds ``imagesTr/`` and ``labelsTr/`` in
+the raw dataset's naming (same file ending and channels) and ``predictions/`` (``<case>.npz`` + ``<case>.pkl``).
+Their ``bank.json`` entries say ``"extra": true`` and name the folder (``"raw_dir"``);
+:func:`~nnunet_plus.classifier.splits.check_bank_for_fold` spreads them over the classifier folds.
 """
 from __future__ import annotations
 
@@ -45,9 +52,9 @@ from nnunet_plus.classifier.shuffle import shuffle_case, shuffled_case_id
 from nnunet_plus.safe_load import load_properties
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
-__all__ = ["BankSettings", "CandidateBankError", "CaseBank", "bank_from_nnunet_results", "build_candidate_bank",
-           "build_case_candidates", "case_files", "classifier_inputs", "load_case_bank", "read_bank_metadata",
-           "save_case_bank", "target_spacing_from_plans"]
+__all__ = ["BankSettings", "CandidateBankError", "CaseBank", "bank_case_files", "bank_from_nnunet_results",
+           "build_candidate_bank", "build_case_candidates", "case_files", "classifier_inputs", "extra_case_files",
+           "load_case_bank", "read_bank_metadata", "save_case_bank", "target_spacing_from_plans"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +344,21 @@ def case_files(raw_dataset_dir: Path, dataset_json: Mapping, case_id: str) -> tu
     return images, raw_dataset_dir / "labelsTr" / f"{case_id}{ending}"
 
 
+def extra_case_files(extra_dir: Path, dataset_json: Mapping, case_id: str) -> tuple[list[Path], Path]:
+    """Image files and label file of an extra case (``extra_dir/imagesTr``, ``extra_dir/labelsTr``, nnU-Net's
+    naming with the raw dataset's file ending and channels)."""
+    return case_files(extra_dir, {k: v for k, v in dataset_json.items() if k != "dataset"}, case_id)
+
+
+def bank_case_files(raw_dataset_dir: Path, dataset_json: Mapping, case_id: str,
+                    entry: Mapping) -> tuple[list[Path], Path]:
+    """Image and label files of a bank case from its ``bank.json`` entry (an extra case's own folder, else the
+    raw dataset)."""
+    if entry.get("extra"):
+        return extra_case_files(Path(entry["raw_dir"]), dataset_json, case_id)
+    return case_files(raw_dataset_dir, dataset_json, case_id)
+
+
 def _softmax_files(softmax_dirs: Sequence[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in softmax_dirs:
@@ -357,6 +379,8 @@ def _check_existing_metadata(out_dir: Path, metadata: Mapping) -> None:
     diff = [k for k in keys if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(metadata[k]))]
     if int(old.get("lesion_shuffles", 0)) != int(metadata.get("lesion_shuffles", 0)):  # absent = built without
         diff.append("lesion_shuffles")
+    if old.get("extra_dir") != metadata.get("extra_dir"):  # absent = built without extra cases
+        diff.append("extra_dir (--extra-cases)")
     if diff:
         raise CandidateBankError(f"the bank in {out_dir} was built with different {diff}; pass overwrite=True to "
                                  "rebuild it, or choose another out_dir")
@@ -365,8 +389,9 @@ def _check_existing_metadata(out_dir: Path, metadata: Mapping) -> None:
 def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Sequence[str | os.PathLike],
                          out_dir: str | os.PathLike, schema: LesionSchema, *, target_spacing: Sequence[float],
                          settings: BankSettings | None = None, num_processes: int = 2, overwrite: bool = False,
-                         quiet: bool = False, lesion_shuffles: int = 0) -> list[Path]:
-    """Build the bank of every case that has a softmax export in ``softmax_dirs``.
+                         quiet: bool = False, lesion_shuffles: int = 0,
+                         extra_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Build the bank of every case that has a softmax export in ``softmax_dirs`` (and of the extra cases).
 
     Parameters
     ----------
@@ -381,6 +406,8 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     lesion_shuffles : K shuffled copies ``<case>__shuffle1..K`` per case (0 = none; see the module docstring),
         stored in ``bank.json`` (``"lesion_shuffles"``; a resumed build must use the same K). Every case of the
         bank is a training case of some fold; the split maps each copy to its original's folds.
+    extra_dir : a folder of extra cases (module docstring): ``imagesTr/``, ``labelsTr/`` and ``predictions/``
+        with their softmax exports; their ids must differ from the raw dataset's.
 
     Returns the paths of all case files of the bank (shuffled copies included), sorted by case id.
     """
@@ -396,6 +423,7 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     channel_names = [str(dataset_json["channel_names"][k]) for k in sorted(dataset_json["channel_names"], key=int)]
     metadata = bank_metadata(schema, settings, target_spacing=target_spacing, channel_names=channel_names)
     metadata["lesion_shuffles"] = lesion_shuffles
+    metadata["extra_dir"] = None if extra_dir is None else str(Path(extra_dir).resolve())
     resolved = BankSettings.from_json(metadata["settings"])
 
     softmax = _softmax_files([Path(d) for d in softmax_dirs])
@@ -403,10 +431,26 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
         raise CandidateBankError(f"no <case>.npz softmax export in {[str(d) for d in softmax_dirs]}; export "
                                  "probabilities (nnUNetTrainerPLUS does it in validation, or nnUNetv2_train --val "
                                  "--npz / nnUNetv2_predict --save_probabilities)")
+    extra: set[str] = set()
+    if extra_dir is not None:
+        extra_dir = Path(extra_dir).resolve()
+        predictions = extra_dir / "predictions"
+        extra_softmax = _softmax_files([predictions])
+        if not extra_softmax:
+            raise CandidateBankError(f"no <case>.npz softmax export in {predictions}; predict "
+                                     f"{extra_dir / 'imagesTr'} with nnUNetv2_predict -o {predictions} "
+                                     "--save_probabilities")
+        clash = sorted(set(extra_softmax) & set(softmax))
+        if clash:
+            raise CandidateBankError(f"extra cases {clash[:5]} in {extra_dir} have the ids of raw dataset cases; "
+                                     "give the extra cohort its own case ids")
+        softmax.update(extra_softmax)
+        extra = set(extra_softmax)
     problems = []
     inputs: dict[str, tuple[list[Path], Path]] = {}
     for case_id in sorted(softmax):
-        images, label = case_files(raw_dataset_dir, dataset_json, case_id)
+        images, label = (extra_case_files(extra_dir, dataset_json, case_id) if case_id in extra
+                         else case_files(raw_dataset_dir, dataset_json, case_id))
         missing = [str(p) for p in images if not p.is_file()] if images else [f"images of {case_id}"]
         if not label.is_file():
             missing.append(str(label))
@@ -415,7 +459,8 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
         inputs[case_id] = (images, label)
     if problems:
         raise CandidateBankError(f"{len(problems)} case(s) with a softmax export lack raw image or label files "
-                                 f"in {raw_dataset_dir}: " + "; ".join(problems[:5])
+                                 f"in {raw_dataset_dir}{f' or {extra_dir}' if extra else ''}: "
+                                 + "; ".join(problems[:5])
                                  + (" ..." if len(problems) > 5 else ""))
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -467,10 +512,10 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     progress = tqdm(total=len(jobs), desc="candidate bank", unit="case", disable=quiet or not jobs)
     try:
         def record(written: list[tuple[str, int, dict]]) -> None:
-            for bank_case, count, extra in written:
+            for bank_case, count, entry in written:
                 counts[bank_case] = count
-                if extra:
-                    extras[bank_case] = extra
+                if entry:
+                    extras[bank_case] = entry
             progress.update()
 
         if num_processes <= 1 or len(jobs) <= 1:
@@ -484,8 +529,10 @@ def build_candidate_bank(raw_dataset_dir: str | os.PathLike, softmax_dirs: Seque
     finally:
         progress.close()
     original = {bank_case: extras.get(bank_case, {}).get("shuffle_of", bank_case) for bank_case in counts}
+    from_extra = {"extra": True, "raw_dir": str(extra_dir)}
     metadata["cases"] = {bank_case: {"file": f"{bank_case}.npz", "num_candidates": counts[bank_case],
-                                     "softmax": str(softmax[original[bank_case]]), **extras.get(bank_case, {})}
+                                     "softmax": str(softmax[original[bank_case]]), **extras.get(bank_case, {}),
+                                     **(from_extra if original[bank_case] in extra else {})}
                          for bank_case in sorted(counts)}
     write_json_atomic(out_dir / METADATA_FILE, metadata)
     return [out_dir / f"{case_id}.npz" for case_id in sorted(counts)]
@@ -511,14 +558,14 @@ def bank_from_nnunet_results(dataset: str | int, configuration: str, *, trainer:
                              plans: str = "nnUNetPlans", folds: Sequence[int] | None = None,
                              out_dir: str | os.PathLike | None = None, settings: BankSettings | None = None,
                              num_processes: int = 2, overwrite: bool = False, quiet: bool = False,
-                             lesion_shuffles: int = 0) -> list[Path]:
+                             lesion_shuffles: int = 0, extra_dir: str | os.PathLike | None = None) -> list[Path]:
     """Build the bank from nnU-Net's folders (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``).
 
     Uses the ``validation/`` softmax of the folds present (``folds=None``: every ``fold_<k>`` with exported
     probabilities), the raw dataset's images and labels, its dataset.json schema and the configuration's
     target spacing from the plans. ``out_dir`` defaults to
     ``$nnUNet_results/DatasetXXX/PLUSClassifier__<trainer>__<plans>__<configuration>/candidate_bank``.
-    ``lesion_shuffles``: shuffled copies per case (:func:`build_candidate_bank`).
+    ``lesion_shuffles``: shuffled copies per case, ``extra_dir``: extra cases (:func:`build_candidate_bank`).
     """
     from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 
@@ -554,4 +601,5 @@ def bank_from_nnunet_results(dataset: str | int, configuration: str, *, trainer:
                 [p.name for p in fold_dirs])
     return build_candidate_bank(raw, [p / "validation" for p in fold_dirs], out_dir, schema,
                                 target_spacing=target_spacing, settings=settings, num_processes=num_processes,
-                                overwrite=overwrite, quiet=quiet, lesion_shuffles=lesion_shuffles)
+                                overwrite=overwrite, quiet=quiet, lesion_shuffles=lesion_shuffles,
+                                extra_dir=extra_dir)

@@ -3,7 +3,7 @@
     nnunet_plus_train_classifier DATASET CONFIG FOLD [-tr nnUNetTrainerPLUS] [-p nnUNetPlans]
         [-device cuda|cpu|mps] [--c] [--epochs N] [--fusion gpr] [--preset paper|tiny] [--build-bank-only] [-np N]
         [--roi-fov lesion|fixed] [--roi-shape Z Y X] [--roi-context 2] [--roi-min-mm 32] [--overwrite-bank]
-        [--lesion-shuffles K]
+        [--lesion-shuffles K] [--extra-cases FOLDER]
 
 1. The candidate bank (``$nnUNet_results/DatasetXXX/PLUSClassifier__<tr>__<p>__<CONFIG>/candidate_bank``) is
    built from the ``validation/`` softmax exports of the nnU-Net folds (resumable: cases already built are
@@ -11,7 +11,10 @@
    with others is refused until it is rebuilt (``--overwrite-bank``).
 2. nnU-Net's ``splits_final.json`` decides the cases: fold FOLD trains on its training cases' out-of-fold
    candidates and validates on its validation cases (every case needs its own fold's validation export:
-   train / validate all nnU-Net folds first).
+   train / validate all nnU-Net folds first). ``--extra-cases FOLDER`` adds labelled patients that no nnU-Net
+   fold trained on (``FOLDER/imagesTr``, ``FOLDER/labelsTr``, and ``FOLDER/predictions`` from
+   ``nnUNetv2_predict -i FOLDER/imagesTr -o FOLDER/predictions --save_probabilities`` with the trained folds),
+   spread over the classifier folds' training and validation sets (:mod:`nnunet_plus.classifier.splits`).
 3. The fold is trained into ``.../PLUSClassifier__<tr>__<p>__<CONFIG>/fold_FOLD`` (log, progress.png,
    checkpoints, validation/summary.json: nnU-Net alone vs nnU-Net + PLUS).
 """
@@ -69,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="candidate bank: K lesion-shuffled copies of every case (its lesions and nnU-Net's "
                              "candidates moved within its liver; training cases only; stored in bank.json, a bank "
                              "built with another K needs --overwrite-bank; default: %(default)s = off)")
+    parser.add_argument("--extra-cases", metavar="FOLDER", default=None,
+                        help="candidate bank: extra labelled patients no nnU-Net fold trained on: FOLDER/imagesTr, "
+                             "FOLDER/labelsTr (the dataset's naming) and FOLDER/predictions (nnUNetv2_predict "
+                             "--save_probabilities of imagesTr with the trained folds); they add lesions to learn "
+                             "from and validation patients for the operating point")
     crops = parser.add_argument_group("lesion crops (candidate bank settings, stored in bank.json)")
     crops.add_argument("--roi-fov", choices=ROI_FOV_RULES, default="lesion",
                        help="field of view of a candidate's crop: 'lesion' = a cube of max(--roi-min-mm, "
@@ -149,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = bank_from_nnunet_results(args.dataset, args.configuration, trainer=args.tr, plans=args.p,
                                          out_dir=bank_dir, settings=crop_settings, num_processes=args.np,
                                          overwrite=args.overwrite_bank, quiet=args.quiet,
-                                         lesion_shuffles=args.lesion_shuffles)
+                                         lesion_shuffles=args.lesion_shuffles, extra_dir=args.extra_cases)
         print(f"candidate bank: {len(paths)} case(s) in {bank_dir}")
         if args.build_bank_only:
             return 0

@@ -14,6 +14,12 @@ Lesion-shuffled copies (``bank.json`` entries with ``"shuffle_of": <original>``,
 :mod:`nnunet_plus.classifier.shuffle`) are not in nnU-Net's split: a copy is a training case of fold k exactly
 when its original is, and never a validation case (a copy of a validation case would show the fold its own
 validation lesions).
+
+Extra cases (``"extra": true``, see :mod:`nnunet_plus.classifier.bank`: labelled cases no nnU-Net fold trained
+on, predicted by the trained folds) are not in the split either. They must not be named by it (a case nnU-Net
+trained on would leak). In sorted order, extra case ``i`` validates fold ``i % n_folds`` and trains every other
+fold, so each classifier fold gets more lesions to learn from and more patients to fit its operating point on;
+their shuffled copies follow them like any training case's.
 """
 from __future__ import annotations
 
@@ -107,8 +113,9 @@ def check_bank_for_fold(bank_cases: Mapping[str, Mapping], splits: Sequence[Mapp
     fold : the classifier fold.
     train_command : shown in the error message, how to make the missing exports (``FOLD`` is replaced).
 
-    Returns the split's cases; ``train`` also holds the lesion-shuffled copies (``"shuffle_of"`` in their
-    ``bank.json`` entry) of the training cases, sorted with them. Copies of validation cases are left out.
+    Returns the split's cases plus the fold's share of the extra cases (module docstring); ``train`` also holds
+    the lesion-shuffled copies (``"shuffle_of"`` in their ``bank.json`` entry) of the training cases, sorted with
+    them. Copies of validation cases are left out.
 
     Raises :class:`SplitError` when a needed case has no bank file (its out-of-fold softmax was not exported:
     the message names the nnU-Net folds to train / validate), when a case's softmax was exported by an
@@ -128,9 +135,18 @@ def check_bank_for_fold(bank_cases: Mapping[str, Mapping], splits: Sequence[Mapp
             f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): their out-of-fold softmax was not "
             f"exported. Train / validate the nnU-Net fold(s) {folds} whose validation sets hold them ({commands}; "
             "add --val to only rerun a finished fold's validation), then rerun this command")
-    train = set(cases.train)
+    extra = sorted(c for c, entry in bank_cases.items() if entry.get("extra") and entry.get("shuffle_of") is None)
+    in_split = sorted({c for s in splits for c in (*s["train"], *s["val"])} & set(extra))
+    if in_split:
+        raise SplitError(f"extra bank cases {in_split[:5]} are named by the nnU-Net split, so an nnU-Net fold may "
+                         "have trained on them; extra cases must be patients no fold trained on (give them their "
+                         "own ids, or remove them from splits_final.json)")
+    extra_val = tuple(c for i, c in enumerate(extra) if i % len(splits) == fold)
+    extra_train = tuple(c for c in extra if c not in extra_val)
+    train = set(cases.train) | set(extra_train)
     copies = tuple(c for c, entry in bank_cases.items() if entry.get("shuffle_of") in train)
-    cases = FoldCases(cases.fold, tuple(sorted(cases.train + copies)), cases.val)
+    cases = FoldCases(cases.fold, tuple(sorted(cases.train + extra_train + copies)),
+                      tuple(sorted(cases.val + extra_val)))
     leaking = []
     for case in cases.train + cases.val:
         source = softmax_fold(bank_cases[case].get("softmax", ""))

@@ -44,17 +44,20 @@ OVERVIEW_FILE = "overview.png"
 NNUNET_KEY, PLUS_KEY = "nnunet", "nnunet+plus"
 
 
-def _load_case(case: str, raw_dataset_dir: Path, dataset_json: Mapping, softmax_file: Path):
-    """(image (C, Z, Y, X) float32, reference (Z, Y, X) int16, probabilities, Geometry)."""
+def _load_case(case: str, raw_dataset_dir: Path, dataset_json: Mapping, entry: Mapping):
+    """(image (C, Z, Y, X) float32, reference (Z, Y, X) int16, probabilities, Geometry) of a bank case
+    (``entry``: its ``bank.json`` entry)."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    from nnunet_plus.classifier.bank import case_files
+    from nnunet_plus.classifier.bank import bank_case_files
     from nnunet_plus.predict.inputs import Geometry
 
-    images, label = case_files(raw_dataset_dir, dataset_json, case)
+    softmax_file = Path(entry["softmax"])
+    images, label = bank_case_files(raw_dataset_dir, dataset_json, case, entry)
     missing = [str(p) for p in [*images, label] if not p.is_file()] if images else [f"images of {case}"]
     if missing:
-        raise FileNotFoundError(f"validation case {case}: missing {missing} in {raw_dataset_dir}")
+        raise FileNotFoundError(f"validation case {case}: missing {missing} in "
+                                f"{entry.get('raw_dir', raw_dataset_dir)}")
     if not softmax_file.is_file():
         raise FileNotFoundError(f"validation case {case}: softmax export {softmax_file} (the candidate bank's "
                                 "source) no longer exists; rerun the nnU-Net validation with --npz")
@@ -102,8 +105,8 @@ def evaluate_classifier(inference, cases: Sequence[str], *, bank_metadata: Mappi
                 PLUS_KEY: CaseRefiner(schema, classifier=inference, connectivity=connectivity)}
     per_case: dict[str, list[dict]] = {NNUNET_KEY: [], PLUS_KEY: []}
     for case in tqdm(list(cases), desc="classifier validation", unit="case", disable=quiet):
-        softmax_file = Path(bank_metadata["cases"][case]["softmax"])
-        image, reference, probabilities, geometry = _load_case(case, raw_dataset_dir, dataset_json, softmax_file)
+        image, reference, probabilities, geometry = _load_case(case, raw_dataset_dir, dataset_json,
+                                                               bank_metadata["cases"][case])
         for key, refiner in refiners.items():
             result = refiner.refine(case, image, probabilities, geometry)
             per_case[key].append(evaluate_case(reference, result.label_map, schema, spacing=geometry.spacing_zyx,

@@ -353,3 +353,30 @@ def test_bank_from_nnunet_results(tmp_path, monkeypatch):
     assert [p.name for p in paths] == ["liver_000.npz", "liver_001.npz"]
     with pytest.raises(RuntimeError, match="fold_3/validation"):
         bank_from_nnunet_results("Dataset999_Bank", "3d_fullres", folds=[3], settings=SMALL, num_processes=1)
+
+
+def test_folder_build_with_extra_cases(folder_layout):
+    """Extra cases come from their own folder (imagesTr, labelsTr, predictions), are marked in bank.json with
+    that folder, and must not reuse a raw case's id; the bank remembers whether it was built with them."""
+    raw, folds, out = folder_layout
+    extra = raw.parent.parent / "extra"
+    for sub in ("imagesTr", "labelsTr", "predictions"):
+        (extra / sub).mkdir(parents=True)
+    write_nnunet_case(extra, extra / "predictions", "more_000")
+    paths = build_candidate_bank(raw, folds, out, SCHEMA, target_spacing=SPACING, settings=SMALL,
+                                 num_processes=1, quiet=True, extra_dir=extra)
+    assert [p.name for p in paths] == ["liver_000.npz", "liver_001.npz", "more_000.npz"]
+    meta = read_bank_metadata(out)
+    assert meta["cases"]["more_000"]["extra"] is True and meta["cases"]["more_000"]["raw_dir"] == str(extra)
+    assert not meta["cases"]["liver_000"].get("extra")
+    assert load_case_bank(paths[2]).num_candidates == 4  # the same case as liver_001, from the extra folder
+    images, label = bank_module.bank_case_files(raw, json.loads((raw / "dataset.json").read_text()), "more_000",
+                                                meta["cases"]["more_000"])
+    assert images == [extra / "imagesTr" / "more_000_0000.nii.gz"] and label == extra / "labelsTr" / "more_000.nii.gz"
+    with pytest.raises(CandidateBankError, match=r"different \['extra_dir \(--extra-cases\)'\]"):
+        build_candidate_bank(raw, folds, out, SCHEMA, target_spacing=SPACING, settings=SMALL, num_processes=1,
+                             quiet=True)
+    write_nnunet_case(extra, extra / "predictions", "liver_000")  # an id of the raw dataset
+    with pytest.raises(CandidateBankError, match=r"extra cases \['liver_000'\] .* have the ids of raw dataset cases"):
+        build_candidate_bank(raw, folds, out, SCHEMA, target_spacing=SPACING, settings=SMALL, num_processes=1,
+                             quiet=True, extra_dir=extra)

@@ -84,3 +84,32 @@ def test_two_fold_split_alternates_the_sorted_cases():
     assert splits == [{"train": ["c1", "c3"], "val": ["c0", "c2", "c4"]},
                       {"train": ["c0", "c2", "c4"], "val": ["c1", "c3"]}]
     assert fold_cases(splits, 1).val == ("c1", "c3")
+
+
+def test_extra_cases_are_spread_over_the_folds():
+    """Extra cases (no nnU-Net fold trained on them): extra case i validates fold i % n and trains the others;
+    their shuffled copies follow them into training only."""
+    bank = bank_cases()
+    extra = [f"e{i}" for i in range(5)]
+    for case in extra:
+        bank[case] = {"file": f"{case}.npz", "softmax": f"/extra/predictions/{case}.npz", "extra": True}
+    bank["e0__shuffle1"] = {"file": "e0__shuffle1.npz", "softmax": "/extra/predictions/e0.npz", "extra": True,
+                            "shuffle_of": "e0"}
+    validated = []
+    for fold in range(3):
+        cases = check_bank_for_fold(bank, SPLITS, fold)
+        assert set(cases.train).isdisjoint(cases.val)
+        fold_extra = [c for c in cases.val if c.startswith("e")]
+        assert fold_extra == [c for i, c in enumerate(extra) if i % 3 == fold]
+        assert set(extra) - set(fold_extra) <= set(cases.train)
+        assert ("e0__shuffle1" in cases.train) == ("e0" in cases.train)
+        assert "e0__shuffle1" not in cases.val
+        validated += fold_extra
+    assert sorted(validated) == extra  # each extra case validates exactly one fold
+
+
+def test_extra_case_named_by_the_split_is_leakage():
+    bank = bank_cases()
+    bank["c0"]["extra"] = True  # a case nnU-Net trained on (folds 1, 2) must not come in as an extra case
+    with pytest.raises(SplitError, match=r"extra bank cases \['c0'\] are named by the nnU-Net split"):
+        check_bank_for_fold(bank, SPLITS, 0)
