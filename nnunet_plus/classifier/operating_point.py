@@ -19,7 +19,16 @@ must earn the change: a rule is kept only when it beats **strictly** both the id
 answer (every suspicious candidate reported with nnU-Net's class: a change of sensitivity, which needs no
 network), so a network that adds nothing (a constant output, for instance) leaves nnU-Net alone in place;
 otherwise the identity is stored, and the log and reports say so. Ties between rules go to the one closest to
-the identity (the most conservative).
+the identity (the most conservative). A rule is also only eligible when it lowers none of the patient-level
+F1 scores (:data:`GUARDED_SCORES`: malignant, benign) on the same cases: a lesion-level gain must not be paid
+for with the diagnosis.
+
+Held-out check (``case_folds``, one fold label per case): with some 20-50 validation patients the best rule on
+all of them is partly fitted to noise, so the search itself must generalise. For each fold ``k`` the rule is
+fitted again (same grid, same bar) on the other folds' cases only and scored on fold ``k``'s; the pooled rule is
+kept only when these held-out rules are never worse than nnU-Net alone on their fold and strictly better on at
+least one, otherwise the identity is stored (the analogue of nested cross-validation: a rule that only helps
+the cases it was fitted on is not used).
 
 The fitted rule is stored as JSON (:func:`save_rule`): ``fold_k/operating_point.json`` (fitted on that fold's
 validation cases) and ``operating_point.json`` in the classifier folder (fitted on the union of the folds'
@@ -38,8 +47,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_GRID", "OBJECTIVES", "OPERATING_POINT_FILE", "DecisionRule", "FittedRule", "apply_rule",
-           "fit_rule", "load_rule", "save_rule"]
+__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "DecisionRule", "FittedRule",
+           "apply_rule", "fit_rule", "load_rule", "save_rule"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
 #: the quantities fit_rule can maximise (keys of bank_metrics.score_cases)
 OBJECTIVES = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1")
+#: scores a rule may not lower on the validation cases, whatever the objective (n/a counts as lowest)
+GUARDED_SCORES = ("malignant_f1", "benign_f1")
 #: the search grid of each threshold (1.0 = the identity's value)
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "reject_confident": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
@@ -129,6 +140,12 @@ class FittedRule:
     folds: list = field(default_factory=list)
     scores: dict = field(default_factory=dict)
     identity_scores: dict = field(default_factory=dict)
+    #: held-out check per fold label: {"identity", "rule": objective on that fold, "fitted_rule": rule of the others}
+    held_out: dict = field(default_factory=dict)
+    #: True / False: the check passed / failed (then ``rule`` is the identity); None: not run
+    held_out_passed: bool | None = None
+    #: the distinct fold labels of ``case_folds`` (empty when none were given)
+    held_out_folds: list = field(default_factory=list, compare=False)
 
     def describe(self) -> str:
         def pct(v):
@@ -137,17 +154,28 @@ class FittedRule:
         head = (f"operating point on {self.n_cases} validation cases (objective {self.objective}: nnU-Net alone "
                 f"{pct(self.identity_score)}, nnU-Net's f=4 answer {pct(self.network_free_score)}, best rule with "
                 f"the classifier {pct(self.score)}): ")
+        per_fold = ", ".join(f"fold {k}: {pct(v['identity'])} -> {pct(v['rule'])}" for k, v in self.held_out.items())
+        if self.held_out_passed is False:
+            return head + (f"the rule fitted on the other folds did not beat nnU-Net alone on every held-out fold "
+                           f"({per_fold}), so stage two steps aside: " + self.rule.describe())
         if self.rule.is_identity:
-            return head + ("the classifier does not beat nnU-Net on its own, so stage two steps aside: "
+            text = head + ("the classifier does not beat nnU-Net on its own, so stage two steps aside: "
                            + self.rule.describe())
-        return head + self.rule.describe()
+        else:
+            text = head + self.rule.describe()
+        if self.held_out_passed:
+            text += f"; held-out check passed ({per_fold})"
+        elif len(self.held_out_folds) == 1:
+            text += "; held-out check: needs validation cases of 2 or more folds"
+        return text
 
     def to_json(self) -> dict:
         return {"format": OPERATING_POINT_FORMAT, "version": 1, "rule": asdict(self.rule),
                 "identity": self.rule.is_identity, "objective": self.objective, "score": self.score,
                 "identity_score": self.identity_score, "network_free_score": self.network_free_score,
                 "n_cases": self.n_cases, "folds": list(self.folds),
-                "scores": self.scores, "identity_scores": self.identity_scores, "description": self.describe()}
+                "scores": self.scores, "identity_scores": self.identity_scores,
+                "held_out": self.held_out, "held_out_passed": self.held_out_passed, "description": self.describe()}
 
 
 def _value(scores: Mapping, objective: str) -> float:
@@ -155,19 +183,13 @@ def _value(scores: Mapping, objective: str) -> float:
     return -1.0 if value is None else float(value)
 
 
-def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes: Sequence[int],
-             benign_classes: Sequence[int], objective: str = "lesion_f1", min_volume_mm3: float = 0.0,
-             grid: Mapping[str, Sequence[float]] | None = None, folds: Sequence = ()) -> FittedRule:
-    """The grid rule with the best ``objective`` on ``banks`` (candidate-bank cases) and their PLUS
-    probability ``tables`` ((N_i, L + 1) each); the identity unless some rule beats it strictly."""
+def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, grid: Mapping, options: Mapping
+            ) -> tuple[DecisionRule, dict, dict, dict]:
+    """``(rule, its scores, identity scores, network-free scores)``: the grid rule with the best ``objective``
+    among those that lower no :data:`GUARDED_SCORES`; the identity unless it beats strictly both the identity
+    and nnU-Net's f=4 answer."""
     from nnunet_plus.classifier.bank_metrics import score_cases
 
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if len(banks) != len(tables):
-        raise ValueError(f"{len(banks)} cases but {len(tables)} probability tables")
-    grid = {**DEFAULT_GRID, **dict(grid or {})}
-    options = dict(malignant_classes=malignant_classes, benign_classes=benign_classes, min_volume_mm3=min_volume_mm3)
     identity = DecisionRule()
     identity_scores = score_cases(banks, tables, rule=identity, **options)
     num_classes = max([np.shape(t)[1] for t in tables if np.ndim(t) == 2] or [2])
@@ -181,15 +203,72 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
         if rule.is_identity:
             continue
         scores = score_cases(banks, tables, rule=rule, **options)
+        if any(_value(scores, name) < _value(identity_scores, name) for name in GUARDED_SCORES):
+            continue
         # higher objective first; among equals, the rule closest to the identity (largest thresholds)
         key = (_value(scores, objective), sum(values))
         if key[0] > best_key[0] or (key[0] == best_key[0] and best_rule is not identity and key[1] > best_key[1]):
             best_rule, best_scores, best_key = rule, scores, key
+    return best_rule, best_scores, identity_scores, network_free
+
+
+def _held_out(banks: Sequence, tables: Sequence[np.ndarray], case_folds: Sequence, labels: Sequence, *,
+              objective: str, grid: Mapping, options: Mapping) -> dict:
+    """Per fold label: the rule fitted on the other folds' cases and its / the identity's objective on this fold."""
+    from nnunet_plus.classifier.bank_metrics import score_cases
+
+    result = {}
+    for label in labels:
+        inside = [i for i, k in enumerate(case_folds) if k == label]
+        outside = [i for i, k in enumerate(case_folds) if k != label]
+        rule = _search([banks[i] for i in outside], [tables[i] for i in outside], objective=objective, grid=grid,
+                       options=options)[0]
+        fold_banks, fold_tables = [banks[i] for i in inside], [tables[i] for i in inside]
+        result[str(label)] = {
+            "identity": score_cases(fold_banks, fold_tables, rule=DecisionRule(), **options)[objective],
+            "rule": score_cases(fold_banks, fold_tables, rule=rule, **options)[objective],
+            "fitted_rule": asdict(rule)}
+    return result
+
+
+def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes: Sequence[int],
+             benign_classes: Sequence[int], objective: str = "lesion_f1", min_volume_mm3: float = 0.0,
+             grid: Mapping[str, Sequence[float]] | None = None, folds: Sequence = (),
+             case_folds: Sequence | None = None) -> FittedRule:
+    """The grid rule with the best ``objective`` on ``banks`` (candidate-bank cases) and their PLUS
+    probability ``tables`` ((N_i, L + 1) each); the identity unless some rule beats it strictly and, given
+    ``case_folds`` (one fold label per case) of 2 or more folds, passes the held-out check (module docstring)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if len(banks) != len(tables):
+        raise ValueError(f"{len(banks)} cases but {len(tables)} probability tables")
+    if case_folds is not None and len(case_folds) != len(banks):
+        raise ValueError(f"{len(banks)} cases but {len(case_folds)} fold labels")
+    grid = {**DEFAULT_GRID, **dict(grid or {})}
+    options = dict(malignant_classes=malignant_classes, benign_classes=benign_classes, min_volume_mm3=min_volume_mm3)
+    best_rule, best_scores, identity_scores, network_free = _search(banks, tables, objective=objective, grid=grid,
+                                                                    options=options)
+    labels = list(dict.fromkeys(case_folds)) if case_folds is not None else []
+    try:
+        labels = sorted(labels)
+    except TypeError:  # mixed label types: keep the order of first appearance
+        pass
+    held_out, passed = {}, None
+    if len(labels) >= 2 and not best_rule.is_identity:
+        held_out = _held_out(banks, tables, list(case_folds), labels, objective=objective, grid=grid,
+                             options=options)
+        gains = [_value(v, "rule") - _value(v, "identity") for v in held_out.values()]
+        passed = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
+        if not passed:
+            best_rule, best_scores = DecisionRule(), identity_scores
+            logger.info("operating point: the rule fitted on the other folds does not beat nnU-Net alone on every "
+                        "held-out fold; the identity is used")
     keep = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1")
     return FittedRule(rule=best_rule, objective=objective, score=best_scores[objective],
                       identity_score=identity_scores[objective], network_free_score=network_free[objective],
                       n_cases=len(banks), folds=list(folds),
-                      scores={k: best_scores[k] for k in keep}, identity_scores={k: identity_scores[k] for k in keep})
+                      scores={k: best_scores[k] for k in keep}, identity_scores={k: identity_scores[k] for k in keep},
+                      held_out=held_out, held_out_passed=passed, held_out_folds=[str(k) for k in labels])
 
 
 def save_rule(fitted: FittedRule, path: str | os.PathLike) -> Path:

@@ -424,7 +424,8 @@ class PLUSClassifierTrainer:
     def fit_operating_point(self) -> FittedRule:
         """Fit the decision rule on this fold's validation cases (``fold_k/operating_point.json``, the tables in
         ``fold_k/validation/candidate_probabilities.npz``), then the classifier folder's rule on every fold's
-        validation cases found there (``operating_point.json`` beside the folds: what prediction uses)."""
+        validation cases found there (``operating_point.json`` beside the folds: what prediction uses), with the
+        held-out check across those folds (:func:`~nnunet_plus.classifier.operating_point.fit_rule`)."""
         _, tables = self.validate()
         banks = [self.val_data.bank(i) for i in range(len(self.val_data))]
         validation = self.output_folder / "validation"
@@ -435,7 +436,7 @@ class PLUSClassifierTrainer:
         fitted = fit_rule(banks, tables, folds=[self.fold], **options)
         save_rule(fitted, self.output_folder / OPERATING_POINT_FILE)
         self.log(f"fold {self.fold} " + fitted.describe())
-        pooled_banks, pooled_tables, folds = [], [], []
+        pooled_banks, pooled_tables, folds, case_folds = [], [], [], []
         for fold_dir in sorted(self.output_folder.parent.glob("fold_*")):
             source = fold_dir / "validation" / CANDIDATE_TABLES_FILE
             if not (fold_dir / FINAL).is_file() or not source.is_file():
@@ -448,7 +449,8 @@ class PLUSClassifierTrainer:
             pooled_banks += [data.bank(i) for i in range(len(data))]
             pooled_tables += fold_tables
             folds.append(fold_dir.name[len("fold_"):])
-        pooled = fit_rule(pooled_banks, pooled_tables, folds=folds, **options)
+            case_folds += [folds[-1]] * len(cases)
+        pooled = fit_rule(pooled_banks, pooled_tables, folds=folds, case_folds=case_folds, **options)
         save_rule(pooled, self.output_folder.parent / OPERATING_POINT_FILE)
         self.log(f"classifier (folds {', '.join(folds)}) " + pooled.describe())
         self.rule = fitted.rule
