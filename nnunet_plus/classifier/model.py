@@ -19,8 +19,10 @@ schema's ``lesions`` order), the last column is "not a lesion" (a false-positive
 
 Guarded by construction: ``logits = (1 + s) log(smoothed prior) + correction``. The correction is a linear head
 over the image features (lesion and liver encoders -> HDA -> prior fusion, GPR by default) concatenated with an
-embedding of the candidate features and of simple statistics of the crop (mean / spread of each image channel
-inside the candidate mask, in a ring around it and over the ROI, the mask's share of the ROI); that head
+embedding of the candidate features, of simple statistics of the crop (mean / spread of each image channel
+inside the candidate mask, in a ring around it and over the ROI, the mask's share of the ROI) and of its
+patient's liver (mean / spread of each channel over the liver input: fatty, cirrhotic or normal parenchyma,
+the context that separates types of the same local look, read directly instead of learnt by E^H); that head
 starts at zero and ``s`` (a learnable prior scale, decayed towards 1) at 0, so an untrained network returns
 nnU-Net's prior (smoothed by ``PRIOR_SMOOTHING``, same ranking) and training learns only what to change.
 
@@ -81,6 +83,8 @@ CANDIDATE_EMBEDDING = 64
 RING_WIDTH = 2
 #: per image channel: mean and spread inside the mask, mean in the ring, mean over the ROI; plus the mask share
 CROP_STATISTICS_PER_CHANNEL = 4
+#: per image channel: mean and spread over the liver voxels of the liver input
+LIVER_STATISTICS_PER_CHANNEL = 2
 
 
 def candidate_features(tier, max_probability, volume_mm3, nnunet_class, num_lesion_classes: int) -> np.ndarray:
@@ -118,6 +122,20 @@ def crop_statistics(lesion_crops: torch.Tensor) -> torch.Tensor:
     spread = weighted_mean((image - inside[..., None, None, None]) ** 2, mask).clamp(min=0.0).sqrt()
     return torch.cat([inside, spread, weighted_mean(image, ring), image.mean(dim=(2, 3, 4)),
                       mask.mean(dim=(1, 2, 3, 4))[:, None]], dim=1)
+
+
+def liver_statistics(liver: torch.Tensor) -> torch.Tensor:
+    """``(B, 2 C)`` mean and standard deviation of each channel of ``(B, C, Z, Y, X)`` liver inputs over the
+    liver voxels: those of the first channel above its minimum (the input is ``I * M_H`` padded with the
+    minimum, :func:`~nnunet_plus.classifier.crops.liver_input`); zeros for a patient without liver voxels."""
+    liver = liver.float()
+    first = liver[:, :1]
+    floor = first.amin(dim=(2, 3, 4), keepdim=True)
+    weight = (first > floor + 1e-3).float()
+    count = weight.sum(dim=(2, 3, 4))
+    mean = (liver * weight).sum(dim=(2, 3, 4)) / count.clamp(min=1.0)
+    spread = (((liver - mean[..., None, None, None]) ** 2) * weight).sum(dim=(2, 3, 4)) / count.clamp(min=1.0)
+    return torch.cat([mean, spread.clamp(min=0.0).sqrt()], dim=1)
 
 
 def prior_distribution(priors: torch.Tensor) -> torch.Tensor:
@@ -188,7 +206,7 @@ class PLUSClassifier(nn.Module):
         self.hda = HierarchicalDualAttention(self.dim, num_scales=hda_scales, num_heads=num_heads, dropout=dropout)
         self.fusion = build_fusion(fusion, self.dim, self.num_classes, num_heads=num_heads, dropout=dropout)
         self.num_candidate_features = 3 + self.num_lesion_classes
-        statistics = CROP_STATISTICS_PER_CHANNEL * self.in_channels + 1
+        statistics = (CROP_STATISTICS_PER_CHANNEL + LIVER_STATISTICS_PER_CHANNEL) * self.in_channels + 1
         self.candidate_encoder = nn.Sequential(
             nn.Linear(self.num_candidate_features + statistics, CANDIDATE_EMBEDDING), nn.GELU(),
             nn.Linear(CANDIDATE_EMBEDDING, CANDIDATE_EMBEDDING), nn.GELU())
@@ -239,8 +257,9 @@ class PLUSClassifier(nn.Module):
         prior = prior_distribution(priors)
         features = self.hda(lesion_map, liver_map, local_index)
         features = self.fusion(features, prior)
-        described = self.candidate_encoder(torch.cat([candidate_features.float(), crop_statistics(lesion_crops)],
-                                                     dim=1).to(features.dtype))
+        patient_liver = liver_statistics(liver).index_select(0, lesion_to_patient)
+        described = self.candidate_encoder(torch.cat([candidate_features.float(), crop_statistics(lesion_crops),
+                                                      patient_liver], dim=1).to(features.dtype))
         correction = self.head(torch.cat([features, described], dim=1))
         smoothed = (1.0 - PRIOR_SMOOTHING) * prior + PRIOR_SMOOTHING / self.num_classes
         return (1.0 + self.prior_scale) * smoothed.log() + correction.float()

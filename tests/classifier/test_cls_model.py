@@ -271,3 +271,16 @@ def test_parameter_groups_cover_every_parameter_once():
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
     assert (slow["lr"], fast["lr"]) == (1e-3, pytest.approx(1e-2))
     assert id(model.prior_scale) in {id(p) for p in fast["params"]}
+
+
+def test_liver_statistics_read_the_liver_voxels_only():
+    """Mean / spread per channel over the liver voxels (above the fill minimum); zeros without liver."""
+    from nnunet_plus.classifier.model import liver_statistics
+
+    liver = torch.full((2, 2, 4, 4, 4), -3.0)
+    liver[0, 0, 1:3, 1:3, 1:3] = torch.tensor([1.0, 3.0]).repeat(4)[:, None, None].reshape(2, 2, 2)
+    liver[0, 1, 1:3, 1:3, 1:3] = 7.0
+    stats = liver_statistics(liver)
+    assert stats.shape == (2, 4)
+    torch.testing.assert_close(stats[0], torch.tensor([2.0, 7.0, 1.0, 0.0]))
+    torch.testing.assert_close(stats[1], torch.zeros(4))
