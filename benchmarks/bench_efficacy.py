@@ -68,7 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def demo_command(args, seed: int, folder: Path) -> list[str]:
     command = [sys.executable, "-m", "nnunet_plus.demo", "--workdir", str(folder), "--seed", str(seed),
                "-device", args.device]
-    for flag, value in (("--cases", args.cases), ("--test-cases", args.test_cases), ("--conspicuity", args.conspicuity),
+    for flag, value in (("--cases", args.cases), ("--test-cases", args.test_cases),
+                        ("--extra-cases", args.extra_cases), ("--conspicuity", args.conspicuity),
                         ("-tr", args.trainer), ("--classifier-preset", args.classifier_preset),
                         ("--classifier-epochs", args.classifier_epochs), ("-np", args.num_processes)):
         if value is not None:
@@ -373,7 +374,7 @@ def write_results(text: str) -> None:
 
 # ---- main ----------------------------------------------------------------------------------------------------------
 def run_seed(seed: int, args) -> dict:
-    from nnunet_plus.demo import CLASSIFIER_EPOCHS, DEMO_CASES, DEMO_CONSPICUITY, Demo
+    from nnunet_plus.demo import CLASSIFIER_EPOCHS, DEMO_CASES, DEMO_CONSPICUITY, DEMO_EXTRA_CASES, Demo
 
     folder = (args.workdir / f"seed_{seed}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -384,7 +385,8 @@ def run_seed(seed: int, args) -> dict:
                 classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device],
                 num_processes=args.num_processes or min(os.cpu_count() or 1, 4), trainer=args.trainer,
                 conspicuity=args.conspicuity if args.conspicuity is not None else DEMO_CONSPICUITY, seed=seed,
-                classifier_preset=args.classifier_preset)
+                classifier_preset=args.classifier_preset,
+                n_extra=DEMO_EXTRA_CASES if args.extra_cases is None else args.extra_cases)
     result["times"] = {"demo_run_s": seconds, "demo_steps_s": sum(demo.timings.values()) if demo.timings else None}
     if error is not None:
         result.update(status="failed", error=error)
@@ -420,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one demo work folder per seed (seed_S/; kept: a rerun continues where it stopped)")
     parser.add_argument("--cases", type=int, default=None, help="training cases (default: the demo's, 48)")
     parser.add_argument("--test-cases", type=int, default=None, help="test cases (default: the demo's, 20)")
+    parser.add_argument("--extra-cases", type=int, default=None,
+                        help="extra cohort for the classifier (default: the demo's, 48; 0 = none)")
     parser.add_argument("--conspicuity", type=float, default=None,
                         help=f"phantom lesion conspicuity (default: the demo's, {DEMO_CONSPICUITY:g})")
     parser.add_argument("-device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")

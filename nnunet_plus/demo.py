@@ -10,7 +10,13 @@ Steps (each skipped when its outputs exist, so re-running continues where it sto
 3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
 4. ``nnUNetv2_train`` on folds 0 and 1 (the lesion-focused recipe: nnUNetTrainerPLUS_lesionFocus_cpuDemo on CPU,
    nnUNetTrainerPLUS_lesionFocus_10epochs on CUDA; resumes with ``--c``).
-5. ``nnunet_plus_train_classifier`` on folds 0 and 1 (tiny preset on CPU; builds the candidate bank first).
+4b. the extra cohort (``--extra-cases``, default ``DEMO_EXTRA_CASES``; 0 = none): more labelled phantom patients
+   (another seed, ids ``extra_0000`` on), predicted by the two trained folds (``nnUNetv2_predict
+   --save_probabilities``) and never trained on by nnU-Net: more lesions for the classifier to learn from and more
+   validation patients for its operating point, at the cost of one prediction instead of more stage-one training
+   (issue 13 point 5; the test cases are not touched).
+5. ``nnunet_plus_train_classifier`` on folds 0 and 1 (tiny preset on CPU; builds the candidate bank first, with
+   the extra cohort).
 6. ``nnunet_plus_predict`` on the test images twice: nnU-Net alone (``--no-classifier``) and + PLUS.
 7. ``nnunet_plus_evaluate --baseline``: nnU-Net alone vs + PLUS, printed, plus plots.
 8. ``report.md`` in the work folder: the comparison table, plots, overlays and the time of every step.
@@ -43,6 +49,12 @@ DEMO_CONSPICUITY = 5.0
 DEMO_HEALTHY_FRACTION = 0.2
 #: default training cases and PLUS classifier epochs per device (sized for ~10 minutes on 2 CPU cores)
 DEMO_CASES = 48
+#: extra cohort: labelled patients predicted by the trained folds for the classifier (see step 4b)
+DEMO_EXTRA_CASES = 48
+EXTRA_DATASET_ID = 991
+EXTRA_CASE_PREFIX = "extra"
+#: the extra cohort's phantom seed is the demo's seed plus this (another cohort, reproducible)
+EXTRA_SEED_OFFSET = 100_000
 CLASSIFIER_EPOCHS = {"cpu": 5, "cuda": 30}
 #: PLUS classifier options per device: the short CPU run takes a larger step and milder class weights than
 #: the paper's recipe (the default, used on CUDA), so that a few epochs on ~40 lesions move it
@@ -62,12 +74,12 @@ class Demo:
 
     def __init__(self, workdir: Path, *, device: str, n_train: int, n_test: int, classifier_epochs: int,
                  num_processes: int, trainer: str | None = None, conspicuity: float = DEMO_CONSPICUITY,
-                 seed: int = 0, classifier_preset: str | None = None) -> None:
+                 seed: int = 0, classifier_preset: str | None = None, n_extra: int = DEMO_EXTRA_CASES) -> None:
         self.workdir = workdir.resolve()
         self.device = device
         self.seed = seed
         self.classifier_preset = classifier_preset or CLASSIFIER_PRESETS[device]
-        self.n_train, self.n_test = n_train, n_test
+        self.n_train, self.n_test, self.n_extra = n_train, n_test, n_extra
         self.classifier_epochs = classifier_epochs
         self.conspicuity = conspicuity
         self.num_processes = num_processes
@@ -135,14 +147,45 @@ class Demo:
     def classifier_folder(self) -> Path:
         return self.results / DATASET_NAME / f"PLUSClassifier__{self.trainer}__nnUNetPlans__{CONFIGURATION}"
 
+    @property
+    def extra_cohort(self) -> Path:
+        """The extra cohort's folder (imagesTr, labelsTr, predictions), outside nnUNet_raw."""
+        return self.workdir / "extra_cohort" / f"Dataset{EXTRA_DATASET_ID}_LiverPhantom"
+
+    def _phantom_options(self) -> list[str]:
+        return ["--shape", *map(str, DEMO_SHAPE), "--spacing", *map(str, DEMO_SPACING),
+                "--conspicuity", str(self.conspicuity), "--healthy-fraction", str(DEMO_HEALTHY_FRACTION),
+                "-np", str(self.num_processes)]
+
     def make_phantom(self) -> None:
         self.raw.mkdir(parents=True, exist_ok=True)
         self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
-                             "--n-test", str(self.n_test), "--out", str(self.raw),
-                             "--shape", *map(str, DEMO_SHAPE), "--spacing", *map(str, DEMO_SPACING),
-                             "--conspicuity", str(self.conspicuity), "--seed", str(self.seed),
-                             "--healthy-fraction", str(DEMO_HEALTHY_FRACTION),
-                             "-np", str(self.num_processes), "--preview", str(self.workdir / "phantom_preview.png")])
+                             "--n-test", str(self.n_test), "--out", str(self.raw), "--seed", str(self.seed),
+                             *self._phantom_options(), "--preview", str(self.workdir / "phantom_preview.png")])
+
+    def make_extra_cohort(self) -> None:
+        """Step 4b: the extra phantom patients and the trained folds' softmax of them."""
+        parent = self.extra_cohort.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if not (self.extra_cohort / "dataset.json").is_file():
+            self.run("extra_cohort", [
+                "nnunet_plus_make_phantom", "-d", str(EXTRA_DATASET_ID), "-n", str(self.n_extra), "--n-test", "0",
+                "--out", str(parent), "--seed", str(self.seed + EXTRA_SEED_OFFSET),
+                "--case-prefix", EXTRA_CASE_PREFIX, "--overwrite", *self._phantom_options()])
+        self.run("extra_cohort", [
+            "nnUNetv2_predict", "-i", str(self.extra_cohort / "imagesTr"), "-o", str(self.extra_predictions),
+            "-d", str(DATASET_ID), "-c", CONFIGURATION, "-tr", self.trainer, "-f", *map(str, FOLDS),
+            "-device", self.device, "--disable_tta", "--save_probabilities", "--continue_prediction",
+            "-npp", "1", "-nps", "1"])
+
+    @property
+    def extra_predictions(self) -> Path:
+        return self.extra_cohort / "predictions"
+
+    def _extra_done(self) -> bool:
+        images = list((self.extra_cohort / "imagesTr").glob("*_0000.nii.gz"))
+        return len(images) == self.n_extra and all(
+            (self.extra_predictions / f"{p.name[: -len('_0000.nii.gz')]}.npz").is_file() for p in images)
 
     def plan_and_preprocess(self) -> None:
         self.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
@@ -187,7 +230,7 @@ class Demo:
             "nnunet_plus_train_classifier", str(DATASET_ID), CONFIGURATION, str(fold), "-tr", self.trainer,
             "-device", self.device, "--preset", self.classifier_preset,
             "--epochs", str(self.classifier_epochs), *CLASSIFIER_OPTIONS[self.device], "-np", str(self.num_processes),
-            *resume])
+            *(["--extra-cases", str(self.extra_cohort)] if self.n_extra else []), *resume])
 
     def predict(self, name: str, extra: list[str]) -> None:
         self.run(f"predict_{name}", [
@@ -216,6 +259,8 @@ class Demo:
         for fold in FOLDS:
             done = (self.model_folder / f"fold_{fold}" / "validation" / "plus_summary.json").is_file()
             self.timed(f"nnunet_fold{fold}", done, lambda f=fold: self.train_fold(f))
+        if self.n_extra:
+            self.timed("extra_cohort", self._extra_done(), self.make_extra_cohort)
         for fold in FOLDS:
             done = (self.classifier_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()
             self.timed(f"classifier_fold{fold}", done or self.classifier_skipped is not None,
@@ -241,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--cases", type=int, default=DEMO_CASES, help=f"training cases (default: {DEMO_CASES})")
     parser.add_argument("--test-cases", type=int, default=20, help="held-out test cases (default: 20)")
+    parser.add_argument("--extra-cases", type=int, default=DEMO_EXTRA_CASES,
+                        help="extra phantom patients (another seed) predicted by the trained nnU-Net folds, for the "
+                             "PLUS classifier only (default: %(default)s; 0 = none)")
     parser.add_argument("--classifier-epochs", type=int, default=None,
                         help="PLUS classifier epochs (default: 5 on cpu, 30 on cuda)")
     parser.add_argument("-tr", dest="trainer", default=None,
@@ -257,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 4),
                         help="worker processes (default: CPU count, at most 4)")
     args = parser.parse_args(argv)
-    if args.cases < 4 or args.test_cases < 1:
-        print("nnunet_plus_demo: error: need --cases >= 4 (two folds) and --test-cases >= 1", file=sys.stderr)
+    if args.cases < 4 or args.test_cases < 1 or args.extra_cases < 0:
+        print("nnunet_plus_demo: error: need --cases >= 4 (two folds), --test-cases >= 1 and --extra-cases >= 0",
+              file=sys.stderr)
         return 2
     if args.device == "cuda":
         import torch
@@ -270,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
                 classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device],
                 num_processes=args.num_processes, trainer=args.trainer, conspicuity=args.conspicuity,
-                seed=args.seed, classifier_preset=args.classifier_preset)
+                seed=args.seed, classifier_preset=args.classifier_preset, n_extra=args.extra_cases)
     try:
         demo.run_all()
     except DemoError as exc:

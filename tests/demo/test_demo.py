@@ -8,15 +8,16 @@ import pytest
 
 from nnunet_plus.demo import DATASET_NAME, TIMINGS_FILE, main
 
-STEPS = ["phantom", "plan_and_preprocess", "nnunet_fold0", "nnunet_fold1", "classifier_fold0", "classifier_fold1",
-         "predict_nnunet", "predict_plus", "evaluate"]
+STEPS = ["phantom", "plan_and_preprocess", "nnunet_fold0", "nnunet_fold1", "extra_cohort", "classifier_fold0",
+         "classifier_fold1", "predict_nnunet", "predict_plus", "evaluate"]
+ARGS = ["--cases", "6", "--test-cases", "2", "--extra-cases", "2", "--classifier-epochs", "1",
+        "-tr", "nnUNetTrainerPLUS_cpuTiny_2epochs", "-np", "1"]
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    code = main(["--workdir", str(workdir), "--cases", "6", "--test-cases", "2", "--classifier-epochs", "1",
-                 "-tr", "nnUNetTrainerPLUS_cpuTiny_2epochs", "-np", "1"])
+    code = main(["--workdir", str(workdir), *ARGS])
     return workdir, code
 
 
@@ -36,13 +37,20 @@ def test_demo_runs_every_step_and_writes_the_report(demo_run):
     for name in ("nnunet", "plus"):
         assert len(list((workdir / "predictions" / name).glob("case_*_instances.nii.gz"))) == 2
     assert (workdir / "nnUNet_raw" / DATASET_NAME / "dataset.json").is_file()
+    # the extra cohort: predicted by the trained folds, in the candidate bank, spread over the classifier folds
+    from nnunet_plus.classifier.bank_io import read_bank_metadata
+
+    bank = read_bank_metadata(workdir / "nnUNet_results" / DATASET_NAME / f"PLUSClassifier__{ARGS[-3]}__nnUNetPlans__"
+                              "3d_fullres" / "candidate_bank")
+    extra = sorted(c for c, entry in bank["cases"].items() if entry.get("extra"))
+    assert extra == ["extra_0000", "extra_0001"]
+    assert not any(c.startswith("extra") for c in (workdir / "nnUNet_raw" / DATASET_NAME / "imagesTr").iterdir())
 
 
 def test_demo_rerun_skips_finished_steps(demo_run, capsys):
     workdir, _ = demo_run
     before = json.loads((workdir / TIMINGS_FILE).read_text())
-    assert main(["--workdir", str(workdir), "--cases", "6", "--test-cases", "2", "--classifier-epochs", "1",
-                 "-tr", "nnUNetTrainerPLUS_cpuTiny_2epochs", "-np", "1"]) == 0
+    assert main(["--workdir", str(workdir), *ARGS]) == 0
     out = capsys.readouterr().out
     assert out.count("already done, skipped") == len(STEPS)
     assert json.loads((workdir / TIMINGS_FILE).read_text()) == before
@@ -96,3 +104,27 @@ def test_seed_and_classifier_preset_reach_the_commands(tmp_path, monkeypatch):
     phantom, classifier = commands["phantom"], commands["classifier_fold0"]
     assert phantom[phantom.index("--seed") + 1] == "7"
     assert classifier[classifier.index("--preset") + 1] == "paper"
+
+
+def test_extra_cohort_commands(tmp_path, monkeypatch):
+    """The extra cohort is drawn with another seed and its own case ids outside nnUNet_raw, predicted by the
+    trained folds with probabilities, and handed to the classifier; ``--extra-cases 0`` leaves it out."""
+    from nnunet_plus.demo import EXTRA_SEED_OFFSET, Demo
+
+    calls = []
+    monkeypatch.setattr(Demo, "run", lambda self, step, args: calls.append((step, args)))
+    demo = Demo(tmp_path, device="cpu", n_train=8, n_test=2, classifier_epochs=1, num_processes=1, seed=3,
+                n_extra=5)
+    demo.make_extra_cohort()
+    (_, phantom), (_, predict) = calls
+    assert phantom[0] == "nnunet_plus_make_phantom" and phantom[phantom.index("-n") + 1] == "5"
+    assert phantom[phantom.index("--seed") + 1] == str(3 + EXTRA_SEED_OFFSET)
+    assert phantom[phantom.index("--case-prefix") + 1] == "extra"
+    assert not str(demo.extra_cohort).startswith(str(demo.raw))
+    assert predict[0] == "nnUNetv2_predict" and "--save_probabilities" in predict
+    assert predict[predict.index("-o") + 1] == str(demo.extra_cohort / "predictions")
+    demo._train_classifier(0)
+    assert calls[-1][1][calls[-1][1].index("--extra-cases") + 1] == str(demo.extra_cohort)
+    demo.n_extra = 0
+    demo._train_classifier(0)
+    assert "--extra-cases" not in calls[-1][1]
