@@ -8,8 +8,12 @@ Every non-hidden entry of the folder (not its subfolders' contents) is looked at
   ``<name without _XXXX>`` (nnU-Net's naming: ``case_0000.nii.gz``, ``case_0001.nii.gz``, ...);
 * any **other image file** is a single-channel case named by its file name without extension
   (``liver_ct.nrrd`` -> case ``liver_ct``); allowed only for single-channel models;
-* a **folder** is a DICOM series (read with SimpleITK's ``ImageSeriesReader``), a single-channel case named
-  by the folder; it must hold exactly one series;
+* a **folder** is a DICOM case, a single-channel case named by the folder: its files and subfolders are
+  searched, one series is chosen (the largest CT series, or the one named by :func:`set_series_uids` /
+  ``--series-uid``), localizers and stray images are dropped with a warning, and series whose slices do not
+  form one uniform, orthogonal grid (missing slices, non-uniform spacing, gantry tilt, duplicate positions)
+  or whose compression neither SimpleITK nor pydicom can decode are refused with a one-line error; see
+  :mod:`nnunet_plus.predict.dicom_series` for the rules and tolerances;
 * a file with an unknown extension is reported as a failed case (not silently skipped), the data files of
   header formats (``.raw``, ``.zraw``, ``.img``) are skipped.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -44,6 +49,10 @@ logger = logging.getLogger(__name__)
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _GEOMETRY_ATOL_MM = 1e-4
 _DIRECTION_ATOL = 1e-5
+
+#: SeriesInstanceUIDs that DICOM folder inputs read (``--series-uid``); empty: the largest CT series
+_series_uids: tuple[str, ...] = ()
+_series_lock = threading.Lock()
 
 
 class InputError(ValueError):
@@ -266,32 +275,36 @@ def _make_case(case: str, found: dict[int, list[Path]], num_channels: int) -> Ca
     return CaseInput(case, tuple(found[c][0] for c in expected))
 
 
-def read_sitk(path: str | Path) -> sitk.Image:
+def set_series_uids(uids: Iterable[str] | None) -> tuple[str, ...]:
+    """Make every DICOM folder input read the series named here (SeriesInstanceUID; the CLI's ``--series-uid``,
+    one per case folder) instead of the largest CT series; None or empty restores the default. A folder that
+    holds none of them is an error listing its series. Returns the previous setting (process-wide: the
+    worker threads of a run read it)."""
+    global _series_uids
+    with _series_lock:
+        previous, _series_uids = _series_uids, tuple(str(u).strip() for u in (uids or ()) if str(u).strip())
+    return previous
+
+
+def read_sitk(path: str | Path, *, series_uids: Sequence[str] | None = None) -> sitk.Image:
     """Read one image file (:func:`nnunet_plus.image_io.read_image`: truncated / corrupt files refused) or a
-    DICOM series folder with SimpleITK; :class:`InputError` naming the path."""
+    DICOM folder (:mod:`nnunet_plus.predict.dicom_series`; ``series_uids``: the series to read, default the
+    :func:`set_series_uids` setting); :class:`InputError` naming the path."""
     path = Path(path)
     if path.is_dir():
-        return _read_dicom_series(path)
+        return _read_dicom_series(path, _series_uids if series_uids is None else tuple(series_uids))
     try:
         return read_image(path)
     except ImageReadError as exc:
         raise InputError(str(exc)) from exc
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise InputError(f"{folder} is a folder but holds no DICOM series (a folder is read as one DICOM series)")
-    if len(ids) > 1:
-        raise InputError(f"{folder} holds {len(ids)} DICOM series ({', '.join(ids)}); put one series per folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+def _read_dicom_series(folder: Path, series_uids: Sequence[str] = ()) -> sitk.Image:
     try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{folder}: the DICOM series cannot be read ({str(exc).strip().splitlines()[-1]})") \
-            from exc
+        from nnunet_plus.predict.dicom_series import read_dicom_folder
+    except ImportError as exc:  # pydicom is an install requirement; a broken environment gets a clear message
+        raise InputError(f"{folder}: reading a DICOM folder needs pydicom ({exc}); pip install pydicom") from exc
+    return read_dicom_folder(folder, series_uids=series_uids)
 
 
 def image_to_array(image: sitk.Image, path: str | Path) -> np.ndarray:
@@ -310,17 +323,18 @@ def image_to_array(image: sitk.Image, path: str | Path) -> np.ndarray:
     return array
 
 
-def read_case(case: CaseInput) -> tuple[np.ndarray, Geometry]:
+def read_case(case: CaseInput, *, series_uids: Sequence[str] | None = None) -> tuple[np.ndarray, Geometry]:
     """Read and validate a case: ``(C, Z, Y, X)`` float32 image and the geometry of channel 0.
 
     Raises :class:`InputError` naming the file for unreadable, 2D, vector, NaN-containing images and for
-    channels whose geometry (size, spacing, origin, direction) differs from channel 0.
+    channels whose geometry (size, spacing, origin, direction) differs from channel 0. ``series_uids``: see
+    :func:`read_sitk`.
     """
     case.check()
     arrays = []
     geometry = None
     for path in case.files:
-        image = read_sitk(path)
+        image = read_sitk(path, series_uids=series_uids)
         this = Geometry.of(image)
         arrays.append(image_to_array(image, path))
         del image
