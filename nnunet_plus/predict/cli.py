@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", help="input folder: nnU-Net naming (case_0000.nii.gz, ...), plain single-file names "
                                    "for single-channel models, any SimpleITK format, DICOM series folders "
                                    "(optional with --from-probabilities / --from-segmentation)")
+    parser.add_argument("--series-uid", dest="series_uid", action="append", default=None, metavar="UID",
+                        help="DICOM folder inputs: read the series with this SeriesInstanceUID instead of the largest "
+                             "CT series (repeat it for several case folders; a folder holding none of them fails "
+                             "with a list of its series)")
     parser.add_argument("-o", required=True, help="output folder (created if missing; not an input folder, a new "
                                                   "folder inside -i is fine)")
     parser.add_argument("-d", required=True, help="dataset id or name")
@@ -53,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-probability", dest="min_probability", type=float, default=0.0,
                         help="reject lesions whose probability is below this value (default 0: off)")
     parser.add_argument("--overlays", action="store_true", help="one PNG per case with every lesion outlined")
+    parser.add_argument("--dicom-seg", dest="dicom_seg", action="store_true",
+                        help="for DICOM series inputs also write <case>_seg.dcm (DICOM SEG: liver + one segment per "
+                             "lesion) and <case>_sr.dcm (TID 1500 SR: the lesion table); other inputs get a warning")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-probabilities", dest="from_probabilities", type=Path, default=None,
                         help="post-process another model's probabilities: nnU-Net .npz + .pkl, or per-class "
@@ -123,7 +130,9 @@ def _run_plug_and_play(args, device) -> object:
                              part_id=args.part_id, overlays=args.overlays, num_processes=args.npp,
                              progress=not args.disable_progress_bar, trust_pickle=args.trust_pickle,
                              run_info={"command": " ".join(sys.argv), "classifier_folder":
-                                       str(folder) if classifier is not None else None})
+                                       str(folder) if classifier is not None else None},
+                             dicom_seg=args.dicom_seg, dicom_series_uids=tuple(getattr(args, "series_uid", None) or ()),
+                             model_id=f"plug-and-play/{args.d}")
 
 
 def _run_predict(args, device) -> object:
@@ -138,7 +147,8 @@ def _run_predict(args, device) -> object:
                                     continue_prediction=args.continue_prediction, num_parts=args.num_parts,
                                     part_id=args.part_id, overlays=args.overlays,
                                     num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                                    run_info={"command": " ".join(sys.argv)})
+                                    run_info={"command": " ".join(sys.argv)}, dicom_seg=args.dicom_seg,
+                                    dicom_series_uids=tuple(getattr(args, "series_uid", None) or ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     ensure_ext_trainer_env()
-    from nnunet_plus.predict.inputs import InputError, check_output_folder
+    from nnunet_plus.predict.inputs import InputError, check_output_folder, set_series_uids
 
+    set_series_uids(args.series_uid)
     try:
         check_output_folder(args.o, {"-i": args.i, "--from-probabilities": args.from_probabilities,
                                      "--from-segmentation": args.from_segmentation})

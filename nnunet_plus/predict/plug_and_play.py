@@ -145,10 +145,12 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
                       images_folder: str | Path | None = None, num_channels: int = 1,
                       save_probabilities: bool = False, continue_prediction: bool = False, num_parts: int = 1,
                       part_id: int = 0, overlays: bool = False, num_processes: int = 2, progress: bool = True,
-                      run_info: dict | None = None, trust_pickle: bool = False) -> RunReport:
+                      run_info: dict | None = None, trust_pickle: bool = False, dicom_seg: bool = False,
+                      dicom_series_uids: tuple[str, ...] = (), model_id: str = "") -> RunReport:
     """Post-process (and classify) another model's output folder into ``output_folder`` (same files as a
     normal prediction). Cases come from ``source_folder``; ``images_folder`` must hold each of them.
-    ``trust_pickle``: unpickle nnU-Net's ``.pkl`` files with ``pickle.load`` (see the module docstring)."""
+    ``trust_pickle``: unpickle nnU-Net's ``.pkl`` files with ``pickle.load`` (see the module docstring).
+    ``dicom_seg``: also the DICOM SEG + SR of cases whose image (``images_folder``) is a DICOM series folder."""
     schema = refiner.schema
     output_folder = Path(output_folder)
     sources = discover_sources(source_folder, mode=mode, num_classes=schema.num_classes, exclude=output_folder)
@@ -180,9 +182,14 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     def finish(case: str, item) -> None:
         image, probabilities, geometry, properties = item
         result = refiner.refine(case, image, probabilities, geometry)
+        dicom = None
+        if dicom_seg:
+            from nnunet_plus.predict.dicom_out import DicomRequest
+
+            dicom = DicomRequest(images[case].files if case in images else (), model_id, tuple(dicom_series_uids))
         write_case_outputs(output_folder, result, schema=schema, image=image,
                            probabilities=probabilities if save_probabilities else None, properties=properties,
-                           overlays=overlays)
+                           overlays=overlays, dicom=dicom)
 
     report = RunReport(skipped=skipped)
     run_pipeline(todo, prepare=prepare, compute=lambda case, item: item, finish=finish, num_prepare=num_processes,

@@ -258,9 +258,12 @@ class PLUSPredictor:
     def predict_folder(self, input_folder: str | Path, output_folder: str | Path, *,
                        save_probabilities: bool = False, continue_prediction: bool = False, num_parts: int = 1,
                        part_id: int = 0, overlays: bool = False, num_processes_preprocessing: int = 2,
-                       num_processes_export: int = 2, run_info: dict | None = None) -> RunReport:
+                       num_processes_export: int = 2, run_info: dict | None = None, dicom_seg: bool = False,
+                       dicom_series_uids: Sequence[str] = ()) -> RunReport:
         """Predict every case of ``input_folder`` (naming rule: nnunet_plus.predict.inputs) into
-        ``output_folder``; a failing case is reported in the returned :class:`RunReport`, the others go on."""
+        ``output_folder``; a failing case is reported in the returned :class:`RunReport`, the others go on.
+        ``dicom_seg``: also ``<case>_seg.dcm`` + ``<case>_sr.dcm`` for DICOM series inputs
+        (:mod:`nnunet_plus.predict.dicom_out`; ``dicom_series_uids``: ``--series-uid``)."""
         self._require_initialized()
         output_folder = Path(output_folder)
         inputs = {c.case: c for c in discover_cases(input_folder, num_channels=self.num_channels,
@@ -288,9 +291,15 @@ class PLUSPredictor:
             probabilities = self.logits_to_probabilities(logits, properties)
             del logits
             result = self.refiner.refine(case, image, probabilities, geometry)
+            dicom = None
+            if dicom_seg:
+                from nnunet_plus.predict.dicom_out import DicomRequest, model_id_of
+
+                dicom = DicomRequest(inputs[case].files, model_id_of(self.info.get("model_folder")),
+                                     tuple(dicom_series_uids or ()))
             write_case_outputs(output_folder, result, schema=schema, image=image,
                                probabilities=probabilities if save_probabilities else None,
-                               properties=properties, overlays=overlays)
+                               properties=properties, overlays=overlays, dicom=dicom)
 
         report = RunReport(skipped=skipped)
         run_pipeline(todo, prepare=prepare, compute=compute, finish=finish,

@@ -147,8 +147,9 @@ def _run_now(function: Callable, *args) -> Future:
 
 def write_case_outputs(output_folder: str | Path, result: CaseResult, *, schema: LesionSchema,
                        image: np.ndarray | None, probabilities: np.ndarray | None = None,
-                       properties: dict | None = None, overlays: bool = False) -> None:
-    """Every per-case file: probabilities (if given), overlay (if asked), label maps, JSON last."""
+                       properties: dict | None = None, overlays: bool = False, dicom=None) -> None:
+    """Every per-case file: probabilities (if given), overlay (if asked), DICOM SEG + SR (``dicom``: a
+    :class:`~nnunet_plus.predict.dicom_out.DicomRequest`, ``--dicom-seg``), label maps, JSON last."""
     if probabilities is not None:
         write_probabilities(probabilities, properties, output_folder, result.case)
     if overlays:
@@ -159,6 +160,10 @@ def write_case_outputs(output_folder: str | Path, result: CaseResult, *, schema:
                       image if image is not None else np.zeros((1, *result.label_map.shape), np.float32),
                       result.label_map, result.instances, result.record["lesions"], schema,
                       title=f"{result.case}: {result.record['patient']['class']}", aspect=spacing[1] / spacing[2])
+    if dicom is not None:
+        from nnunet_plus.predict.dicom_out import write_case_dicom
+
+        write_case_dicom(output_folder, result, schema, dicom)
     write_case(output_folder, result)
 
 
