@@ -44,7 +44,7 @@ def test_demo_runs_every_step_and_writes_the_report(demo_run):
                               "3d_fullres" / "candidate_bank")
     extra = sorted(c for c, entry in bank["cases"].items() if entry.get("extra"))
     assert extra == ["extra_0000", "extra_0001"]
-    assert not any(c.startswith("extra") for c in (workdir / "nnUNet_raw" / DATASET_NAME / "imagesTr").iterdir())
+    assert not any(p.name.startswith("extra") for p in (workdir / "nnUNet_raw" / DATASET_NAME / "imagesTr").iterdir())
 
 
 def test_demo_rerun_skips_finished_steps(demo_run, capsys):
