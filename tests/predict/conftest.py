@@ -41,7 +41,8 @@ def write_dicom_series(array: np.ndarray, folder: Path, *, spacing=(1.5, 1.5, 4.
         slice_ = image[:, :, z]
         position = image.TransformIndexToPhysicalPoint((0, 0, z))
         tags = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0010|0010": "TEST^PATIENT",
-                "0020|000d": series_uid + ".0", "0020|000e": series_uid, "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0020|000d": series_uid + ".0", "0020|000e": series_uid, "0020|0052": series_uid + ".9",
+                "0020|0037": "1\\0\\0\\0\\1\\0",
                 "0020|0032": "\\".join(f"{p:.6f}" for p in position), "0020|0013": str(z + 1),
                 "0018|0050": str(spacing[2]), "0008|0018": f"{series_uid}.{z + 1}"}
         for tag, value in tags.items():
