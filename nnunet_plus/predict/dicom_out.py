@@ -214,46 +214,42 @@ def read_source_series(folder: str | Path, geometry: Geometry, *, series_uids: S
     """The pydicom datasets (no pixel data) of ``folder`` that are the slices of ``geometry``, in the volume's
     slice order (index z of the ``(Z, Y, X)`` label map).
 
-    The folder's files and subfolders are searched (as the input reader does). An instance is slice z when its
+    The folder's files and subfolders are searched by the input reader's scan
+    (:func:`nnunet_plus.predict.dicom_series.scan_folder`). An instance is slice z when its
     SeriesInstanceUID is one of ``series_uids`` (if given: ``--series-uid``), its orientation, rows and columns
     are the grid's and its ImagePositionPatient is the grid's slice z (within 0.01 mm); other files (localizers,
     other series, non-DICOM files) are ignored. :class:`DicomOutputError` when a slice has no instance, when
     several series fit the grid (give ``--series-uid``) or the instances lack a frame of reference."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
+
+    from nnunet_plus.predict.dicom_series import scan_folder
 
     folder = Path(folder)
     direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
     origin = np.asarray(geometry.origin, dtype=np.float64)
     spacing_z = float(geometry.spacing[2])
     n_z, rows, columns = geometry.shape_zyx
-    by_series: dict[str, dict[int, object]] = {}
-    files = (p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                   p.relative_to(folder).parts))
-    for path in sorted(files):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+    by_series: dict[str, dict[int, Path]] = {}
+    for uid, instances in scan_folder(folder).items():
+        if series_uids and uid not in series_uids:
             continue
-        if series_uids and ds.get("SeriesInstanceUID") not in series_uids:
-            continue
-        position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-        if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
-            continue
-        if int(ds.get("Rows", 0)) != rows or int(ds.get("Columns", 0)) != columns:
-            continue
-        orientation = np.asarray([float(v) for v in orientation])
-        if not (np.allclose(orientation[:3], direction[:, 0], atol=_ORIENTATION_TOLERANCE)
-                and np.allclose(orientation[3:], direction[:, 1], atol=_ORIENTATION_TOLERANCE)):
-            continue
-        offset = np.asarray([float(v) for v in position]) - origin
-        in_plane = offset @ direction[:, :2]
-        k = float(offset @ direction[:, 2]) / spacing_z
-        z = int(round(k))
-        if np.abs(in_plane).max() > _POSITION_TOLERANCE_MM or abs(k - z) * spacing_z > _POSITION_TOLERANCE_MM \
-                or not 0 <= z < n_z:
-            continue
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), {}).setdefault(z, ds)
+        for instance in instances:
+            if instance.position is None or instance.orientation is None:
+                continue
+            if instance.rows != rows or instance.columns != columns:
+                continue
+            orientation = np.asarray(instance.orientation)
+            if not (np.allclose(orientation[:3], direction[:, 0], atol=_ORIENTATION_TOLERANCE)
+                    and np.allclose(orientation[3:], direction[:, 1], atol=_ORIENTATION_TOLERANCE)):
+                continue
+            offset = np.asarray(instance.position) - origin
+            in_plane = offset @ direction[:, :2]
+            k = float(offset @ direction[:, 2]) / spacing_z
+            z = int(round(k))
+            if np.abs(in_plane).max() > _POSITION_TOLERANCE_MM or abs(k - z) * spacing_z > _POSITION_TOLERANCE_MM \
+                    or not 0 <= z < n_z:
+                continue
+            by_series.setdefault(uid, {}).setdefault(z, instance.path)
     complete = [uid for uid, slices in sorted(by_series.items()) if len(slices) == n_z]
     if not complete:
         found = max((len(s) for s in by_series.values()), default=0)
@@ -265,7 +261,7 @@ def read_source_series(folder: str | Path, geometry: Geometry, *, series_uids: S
         raise DicomOutputError(f"{folder}: {len(complete)} series fit the predicted grid ({', '.join(complete)}); "
                                "name the one to reference with --series-uid: no DICOM SEG / SR written")
     slices = by_series[complete[0]]
-    datasets = [slices[z] for z in range(n_z)]
+    datasets = [pydicom.dcmread(slices[z], stop_before_pixels=True, force=True) for z in range(n_z)]
     frames = {ds.get("FrameOfReferenceUID") for ds in datasets}
     if None in frames or len(frames) != 1:
         raise DicomOutputError(f"{folder}: the slices have no single FrameOfReferenceUID ({sorted(map(str, frames))}); "
