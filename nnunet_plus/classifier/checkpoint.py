@@ -36,7 +36,8 @@ import torch
 from nnunet_plus.schema import LesionSchema
 
 CHECKPOINT_FORMAT = "nnunet_plus.plus_classifier"
-CHECKPOINT_VERSION = 2  # 2: the guarded network (log prior + correction, candidate features)
+#: 2: the guarded network (log prior + correction, candidate features); 3: + the linear description term
+CHECKPOINT_VERSION = 3
 REQUIRED_KEYS = ("format", "version", "model_config", "state_dict", "dataset_name", "labels", "schema", "bank",
                  "fold", "epoch")
 

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-weight-power", type=float, default=defaults.class_weight_power,
                         help="lesion-loss class weights = count ** -power (1 = inverse frequency, 0 = uniform; "
                              "default: %(default)s)")
+    parser.add_argument("--warm-start-l2", type=float, default=defaults.warm_start_l2,
+                        help="L2 penalty of the warm start that fits the network's linear description term before "
+                             "the first epoch; 0 = none, the paper's recipe (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.add_argument("--best-metric", choices=BEST_METRICS, default=defaults.best_metric,
                         help="validation metric of checkpoint_best.pth (default: %(default)s)")
@@ -147,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         device = _device(args.device)
         settings = TrainerSettings(epochs=args.epochs, batch_patients=args.batch_patients, learning_rate=args.lr,
-                                   class_weight_power=args.class_weight_power,
+                                   class_weight_power=args.class_weight_power, warm_start_l2=args.warm_start_l2,
                                    preset=args.preset, fusion=args.fusion, seed=args.seed,
                                    best_metric=args.best_metric, objective=args.objective)
         crop_settings = bank_settings(args)

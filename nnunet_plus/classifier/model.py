@@ -17,13 +17,20 @@ Inputs of one batch (a set of ``B`` patients with ``N`` lesion candidates in all
 Output: logits ``(N, C + 1)``; columns ``0..C-1`` are the lesion classes in the order of ``priors`` (the
 schema's ``lesions`` order), the last column is "not a lesion" (a false-positive candidate).
 
-Guarded by construction: ``logits = (1 + s) log(smoothed prior) + correction``. The correction is a linear head
-over the image features (lesion and liver encoders -> HDA -> prior fusion, GPR by default) concatenated with an
-embedding of the candidate features, of simple statistics of the crop (mean / spread of each image channel
-inside the candidate mask, in a ring around it and over the ROI, the mask's share of the ROI) and of its
-patient's liver (mean / spread of each channel over the liver input: fatty, cirrhotic or normal parenchyma,
-the context that separates types of the same local look, read directly instead of learnt by E^H); that head
-starts at zero and ``s`` (a learnable prior scale, decayed towards 1) at 0, so an untrained network returns
+Guarded by construction: ``logits = (1 + s) log(smoothed prior) + correction``. The correction has two terms:
+
+* a linear term over the candidate's *description* (:meth:`PLUSClassifier.description`): the candidate
+  features, simple statistics of the crop (mean / spread of each image channel inside the candidate mask, in a
+  ring around it and over the ROI, the mask's share of the ROI) and of its patient's liver (mean / spread of
+  each channel over the liver input: fatty, cirrhotic or normal parenchyma, the context that separates types of
+  the same local look), standardised with the training candidates' mean and spread (buffers). The trainer fits
+  this term, with ``s``, to convergence before the first epoch (:mod:`nnunet_plus.classifier.warm_start`, a
+  regularised multinomial logistic regression with the log prior as offset), so the few epochs a demo affords
+  start from what these numbers already tell;
+* a linear head over the image features (lesion and liver encoders -> HDA -> prior fusion, GPR by default)
+  concatenated with an embedding of the same description: what the images add, learnt by the epochs.
+
+Both start at zero and ``s`` (a learnable prior scale, decayed towards 1) at 0, so an untrained network returns
 nnU-Net's prior (smoothed by ``PRIOR_SMOOTHING``, same ranking) and training learns only what to change.
 
 The prior is turned into a distribution over the ``C + 1`` output classes by :func:`prior_distribution`
@@ -55,7 +62,8 @@ Contract for the candidate bank and the trainer (issue 5, items 1 and 4)
   (``model.needs_prior_target``) add ``distill_targets=prior_distribution(priors)`` and
   ``distill_weight=DEFAULT_DISTILL_WEIGHT``.
 * Inference: ``softmax(logits)``, then the fitted decision rule of
-  :mod:`nnunet_plus.classifier.operating_point` (which candidates are kept, with which type); the patient's malignant / tumour probabilities are the maxima over
+  :mod:`nnunet_plus.classifier.operating_point` (which candidates are kept, with which type); the patient's
+  malignant / tumour probabilities are the maxima over
   its candidates of the summed malignant / (malignant + benign) columns, as in the loss.
 * Each lesion's logits depend only on its own crop, prior and its patient's liver (instance norm, per-lesion
   attention), so results do not depend on how candidates are batched.
@@ -209,20 +217,25 @@ class PLUSClassifier(nn.Module):
         self.fusion = build_fusion(fusion, self.dim, self.num_classes, num_heads=num_heads, dropout=dropout)
         self.num_candidate_features = 3 + self.num_lesion_classes
         statistics = (CROP_STATISTICS_PER_CHANNEL + LIVER_STATISTICS_PER_CHANNEL) * self.in_channels + 1
+        self.description_dim = self.num_candidate_features + statistics
+        # standardisation of the description: the training candidates' mean and spread (set by the trainer)
+        self.register_buffer("description_mean", torch.zeros(self.description_dim))
+        self.register_buffer("description_scale", torch.ones(self.description_dim))
         self.candidate_encoder = nn.Sequential(
-            nn.Linear(self.num_candidate_features + statistics, CANDIDATE_EMBEDDING), nn.GELU(),
+            nn.Linear(self.description_dim, CANDIDATE_EMBEDDING), nn.GELU(),
             nn.Linear(CANDIDATE_EMBEDDING, CANDIDATE_EMBEDDING), nn.GELU())
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.dim + CANDIDATE_EMBEDDING, self.num_classes))
-        nn.init.zeros_(self.head[-1].weight)  # the guard: an untrained network adds nothing to the prior
-        nn.init.zeros_(self.head[-1].bias)
+        self.description_head = nn.Linear(self.description_dim, self.num_classes)  # the linear term
+        for layer in (self.head[-1], self.description_head):  # the guard: an untrained network adds nothing
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.prior_scale = nn.Parameter(torch.zeros(()))  # s of (1 + s) log prior; weight decay pulls it to 0
 
     def parameter_groups(self, learning_rate: float, *, correction_factor: float) -> list[dict]:
-        """Optimizer groups: the encoders, HDA and fusion at ``learning_rate``; the correction head, the
-        candidate-feature embedding and the prior scale (small, starting from the prior) at
-        ``correction_factor`` times it."""
+        """Optimizer groups: the encoders, HDA, fusion, the linear description term and the prior scale (both
+        fitted by the warm start) at ``learning_rate``; the image head and the description embedding (small,
+        starting from zero) at ``correction_factor`` times it."""
         fast = {id(p) for module in (self.head, self.candidate_encoder) for p in module.parameters()}
-        fast.add(id(self.prior_scale))
         return [{"params": [p for p in self.parameters() if id(p) not in fast], "lr": learning_rate},
                 {"params": [p for p in self.parameters() if id(p) in fast], "lr": learning_rate * correction_factor}]
 
@@ -256,15 +269,30 @@ class PLUSClassifier(nn.Module):
         patients, local_index = torch.unique(lesion_to_patient, return_inverse=True)
         liver_map = self.liver_encoder(liver.index_select(0, patients))
         lesion_map = self.lesion_encoder(lesion_crops)
-        prior = prior_distribution(priors)
         features = self.hda(lesion_map, liver_map, local_index)
-        features = self.fusion(features, prior)
+        features = self.fusion(features, prior_distribution(priors))
+        description = self.standardise(self.description(lesion_crops, candidate_features, liver, lesion_to_patient))
+        described = self.candidate_encoder(description.to(features.dtype))
+        correction = self.head(torch.cat([features, described], dim=1)).float() + self.description_head(description)
+        return (1.0 + self.prior_scale) * self.log_prior(priors) + correction
+
+    @staticmethod
+    def log_prior(priors: torch.Tensor) -> torch.Tensor:
+        """``(N, C + 1)`` log of nnU-Net's prior, extended to "not a lesion" and smoothed by ``PRIOR_SMOOTHING``."""
+        prior = prior_distribution(priors)
+        return ((1.0 - PRIOR_SMOOTHING) * prior + PRIOR_SMOOTHING / prior.shape[1]).log()
+
+    @staticmethod
+    def description(lesion_crops: torch.Tensor, candidate_features: torch.Tensor, liver: torch.Tensor,
+                    lesion_to_patient: torch.Tensor) -> torch.Tensor:
+        """``(N, description_dim)`` float32 numbers per candidate, unstandardised: :func:`candidate_features`,
+        :func:`crop_statistics` and its patient's :func:`liver_statistics`."""
         patient_liver = liver_statistics(liver).index_select(0, lesion_to_patient)
-        described = self.candidate_encoder(torch.cat([candidate_features.float(), crop_statistics(lesion_crops),
-                                                      patient_liver], dim=1).to(features.dtype))
-        correction = self.head(torch.cat([features, described], dim=1))
-        smoothed = (1.0 - PRIOR_SMOOTHING) * prior + PRIOR_SMOOTHING / self.num_classes
-        return (1.0 + self.prior_scale) * smoothed.log() + correction.float()
+        return torch.cat([candidate_features.float(), crop_statistics(lesion_crops), patient_liver], dim=1)
+
+    def standardise(self, description: torch.Tensor) -> torch.Tensor:
+        """Standardise :meth:`description` with the stored training mean and spread."""
+        return (description - self.description_mean) / self.description_scale
 
     def _check_inputs(self, lesion_crops: torch.Tensor, priors: torch.Tensor, candidate_features: torch.Tensor,
                       liver: torch.Tensor, lesion_to_patient: torch.Tensor) -> int:

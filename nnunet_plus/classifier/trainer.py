@@ -53,6 +53,7 @@ from nnunet_plus.classifier.loss import DEFAULT_DISTILL_WEIGHT, inverse_frequenc
 from nnunet_plus.classifier.model import PLUSClassifier, prior_distribution
 from nnunet_plus.classifier.operating_point import (OBJECTIVES, OPERATING_POINT_FILE, DecisionRule, FittedRule,
                                                     fit_rule, save_rule)
+from nnunet_plus.classifier.warm_start import DEFAULT_L2, fit_description_term
 from nnunet_plus.schema import LesionSchema
 
 __all__ = ["BEST_METRICS", "CANDIDATE_TABLES_FILE", "PLUSClassifierTrainer", "TrainerSettings",
@@ -77,8 +78,10 @@ class TrainerSettings:
     ----------
     epochs, batch_patients : epochs; patients per batch (paper: 100, 2).
     learning_rate, weight_decay : AdamW (paper: 1e-4, 0.05); cosine annealing over ``epochs``.
-    correction_lr_factor : the correction head, candidate embedding and prior scale learn this many times faster
-        (ours: they start from nnU-Net's answer and are small; 1 = the paper's single learning rate).
+    correction_lr_factor : the image head and the description embedding learn this many times faster (ours: they
+        start from zero and are small; 1 = the paper's single learning rate).
+    warm_start_l2 : L2 penalty of the warm start that fits the network's linear description term before the first
+        epoch (:mod:`nnunet_plus.classifier.warm_start`); 0 = no warm start (the paper's recipe).
     alpha, beta, gamma : loss weights of L_L and L_P (paper 0.5, 0.3) and the focal exponent.
     class_weight_power : z_c = count_c ** -power (1 = inverse frequency, 0 = uniform).
     preset, fusion, dropout : the network (:class:`~nnunet_plus.classifier.model.PLUSClassifier`).
@@ -95,6 +98,7 @@ class TrainerSettings:
     batch_patients: int = 2
     learning_rate: float = 1e-4
     correction_lr_factor: float = 10.0
+    warm_start_l2: float = DEFAULT_L2
     weight_decay: float = 0.05
     alpha: float = 0.5
     beta: float = 0.3
@@ -114,9 +118,11 @@ class TrainerSettings:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_patients < 1 or self.save_every < 1:
             raise ValueError("epochs, batch_patients and save_every must be >= 1")
-        if not self.learning_rate > 0 or not self.correction_lr_factor > 0 or self.weight_decay < 0:
-            raise ValueError(f"need learning_rate > 0, correction_lr_factor > 0 and weight_decay >= 0, got "
-                             f"{self.learning_rate}, {self.correction_lr_factor}, {self.weight_decay}")
+        if not self.learning_rate > 0 or not self.correction_lr_factor > 0 or not self.weight_decay >= 0 \
+                or not self.warm_start_l2 >= 0:
+            raise ValueError(f"need learning_rate > 0, correction_lr_factor > 0, weight_decay >= 0 and warm_start_l2 "
+                             f">= 0, got {self.learning_rate}, {self.correction_lr_factor}, {self.weight_decay}, "
+                             f"{self.warm_start_l2}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.best_metric not in BEST_METRICS:
@@ -391,6 +397,8 @@ class PLUSClassifierTrainer:
         elif continue_training:
             self.log(f"--c: no checkpoint in {self.output_folder}; starting a new training")
         self._log_start()
+        if self.epoch == 0 and not finished_before and self.settings.warm_start_l2 > 0:
+            self.warm_start()
         s = self.settings
         while self.epoch < s.epochs:
             epoch = self.epoch
@@ -419,6 +427,13 @@ class PLUSClassifierTrainer:
         if not validate:
             return None
         return self.final_validation()
+
+    def warm_start(self) -> None:
+        """Fit the network's linear description term on the un-augmented training candidates (before epoch 0)."""
+        patients = CandidateDataset(self.bank_dir, self.train_cases, metadata=self.metadata)
+        fitted = fit_description_term(self.model, (patients[i] for i in range(len(patients))),
+                                      l2=self.settings.warm_start_l2)
+        self.log(fitted.describe())
 
     # ---- operating point ------------------------------------------------------------------------------
     def fit_operating_point(self) -> FittedRule:

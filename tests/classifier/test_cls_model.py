@@ -270,7 +270,10 @@ def test_parameter_groups_cover_every_parameter_once():
     ids = [id(p) for p in slow["params"]] + [id(p) for p in fast["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
     assert (slow["lr"], fast["lr"]) == (1e-3, pytest.approx(1e-2))
-    assert id(model.prior_scale) in {id(p) for p in fast["params"]}
+    fast_ids = {id(p) for p in fast["params"]}
+    assert id(model.head[-1].weight) in fast_ids and id(model.candidate_encoder[0].weight) in fast_ids
+    # fitted by the warm start: they learn at the base rate
+    assert id(model.prior_scale) not in fast_ids and id(model.description_head.weight) not in fast_ids
 
 
 def test_liver_statistics_read_the_liver_voxels_only():
