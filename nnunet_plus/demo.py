@@ -1,6 +1,7 @@
 """``nnunet_plus_demo``: the whole pipeline on the built-in phantom cohort, with the real nnU-Net commands.
 
-Steps (each skipped when its outputs exist, so re-running continues where it stopped):
+Steps (each skipped when all its outputs exist, so re-running continues where it stopped; a step killed after
+some of its outputs were written is redone, or continued where the command can):
 
 1. ``nnunet_plus_make_phantom``: a synthetic NCCT cohort (``--cases`` training + ``--test-cases`` test cases) on
    a coarse grid (``DEMO_SHAPE`` at ``DEMO_SPACING``) with lesions ``--conspicuity`` times more conspicuous than
@@ -22,6 +23,8 @@ Steps (each skipped when its outputs exist, so re-running continues where it sto
 8. ``report.md`` in the work folder: the comparison table, plots, overlays and the time of every step.
 
 nnUNet_raw / nnUNet_preprocessed / nnUNet_results are set inside the work folder for the child processes only.
+On Linux each step's command is killed when the demo dies (also by ``kill -9`` of the demo alone), so that a
+re-run never continues a step while the killed run's command still writes to it.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -61,12 +65,38 @@ CLASSIFIER_EPOCHS = {"cpu": 5, "cuda": 30}
 CLASSIFIER_OPTIONS = {"cpu": ["--lr", "1e-3", "--class-weight-power", "0.5"], "cuda": []}
 CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
+#: what nnunet_plus_train_classifier writes into a fold's validation/ after checkpoint_final (the step's end)
+CLASSIFIER_VALIDATION_FILES = ("summary.json", "comparison.txt", "overview.png")
+#: what nnunet_plus_evaluate --baseline --plots writes into the evaluation folder (the plots last)
+EVALUATION_FILES = ("summary.json", "summary_baseline.json", "summary_comparison.json", "plots/confusion_matrix.png",
+                    "plots/froc.png", "plots/per_class.png", "plots/overview.png")
 #: written when stage one gave the classifier nothing to learn from; its text says why
 CLASSIFIER_SKIPPED_FILE = "classifier_skipped.txt"
 
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and its log."""
+
+
+def stop_with_parent(parent: int):
+    """A ``preexec_fn`` for the steps' commands: the child gets SIGKILL when ``parent`` (the demo) dies
+    (``prctl(PR_SET_PDEATHSIG)``, Linux), so that a ``kill -9`` of the demo alone does not leave its step running
+    beside the re-run that continues it (two trainings writing one fold); None where that is not available (kill
+    the demo's process group there)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
 
 
 class Demo:
@@ -116,7 +146,8 @@ class Demo:
             fh.write(f"$ {' '.join(command)}\n")
             # the children print UTF-8 progress bars whatever this process's locale says
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, encoding="utf-8", errors="replace", bufsize=1)
+                                       text=True, encoding="utf-8", errors="replace", bufsize=1,
+                                       preexec_fn=stop_with_parent(os.getpid()))
             for line in process.stdout:
                 fh.write(line)
                 sys.stdout.write(line)
@@ -148,6 +179,11 @@ class Demo:
         return self.results / DATASET_NAME / f"PLUSClassifier__{self.trainer}__nnUNetPlans__{CONFIGURATION}"
 
     @property
+    def preview(self) -> Path:
+        """The phantom cohort's preview PNG (step 1)."""
+        return self.workdir / "phantom_preview.png"
+
+    @property
     def extra_cohort(self) -> Path:
         """The extra cohort's folder (imagesTr, labelsTr, predictions), outside nnUNet_raw."""
         return self.workdir / "extra_cohort" / f"Dataset{EXTRA_DATASET_ID}_LiverPhantom"
@@ -161,7 +197,7 @@ class Demo:
         self.raw.mkdir(parents=True, exist_ok=True)
         self.run("phantom", ["nnunet_plus_make_phantom", "-d", str(DATASET_ID), "-n", str(self.n_train),
                              "--n-test", str(self.n_test), "--out", str(self.raw), "--seed", str(self.seed),
-                             *self._phantom_options(), "--preview", str(self.workdir / "phantom_preview.png")])
+                             *self._phantom_options(), "--preview", str(self.preview)])
 
     def make_extra_cohort(self) -> None:
         """Step 4b: the extra phantom patients and the trained folds' softmax of them."""
@@ -183,11 +219,30 @@ class Demo:
         return self.extra_cohort / "predictions"
 
     def _extra_done(self) -> bool:
+        """Every extra case predicted: nnUNetv2_predict writes <case>.npz, <case>.pkl, then <case>.nii.gz (none
+        atomically), so the label map's presence means the softmax files are complete."""
         images = list((self.extra_cohort / "imagesTr").glob("*_0000.nii.gz"))
         return len(images) == self.n_extra and all(
-            (self.extra_predictions / f"{p.name[: -len('_0000.nii.gz')]}.npz").is_file() for p in images)
+            (self.extra_predictions / f"{p.name[: -len('_0000.nii.gz')]}{suffix}").is_file()
+            for p in images for suffix in (".npz", ".nii.gz"))
+
+    @property
+    def gt_segmentations(self) -> Path:
+        return self.preprocessed / DATASET_NAME / "gt_segmentations"
+
+    def _preprocessed(self) -> bool:
+        """Plans written and every training label copied whole into gt_segmentations (copied last, and not
+        atomically, by nnUNetv2_plan_and_preprocess)."""
+        labels = list((self.dataset_raw / "labelsTr").glob("*.nii.gz"))
+        return (self.preprocessed / DATASET_NAME / "nnUNetPlans.json").is_file() and bool(labels) and all(
+            (self.gt_segmentations / p.name).is_file()
+            and (self.gt_segmentations / p.name).stat().st_size == p.stat().st_size for p in labels)
 
     def plan_and_preprocess(self) -> None:
+        for label in (self.dataset_raw / "labelsTr").glob("*.nii.gz"):
+            copy = self.gt_segmentations / label.name
+            if copy.is_file() and copy.stat().st_size != label.stat().st_size:
+                copy.unlink()  # cut short by a kill; nnU-Net copies only labels newer than the copy, not this one
         self.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
                                          "-np", str(self.num_processes)])
 
@@ -198,7 +253,10 @@ class Demo:
         write_json_atomic(self.preprocessed / DATASET_NAME / "splits_final.json", two_fold_split(cases))
 
     def train_fold(self, fold: int) -> None:
-        resume = ["--c"] if (self.model_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
+        # --c: from checkpoint_latest, or (checkpoint_final: killed in the validation) only the validation again
+        folder = self.model_folder / f"fold_{fold}"
+        resume = ["--c"] if any((folder / name).is_file() for name in ("checkpoint_latest.pth",
+                                                                        "checkpoint_final.pth")) else []
         self.run(f"nnunet_fold{fold}", ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, str(fold), "-tr",
                                         self.trainer, "-device", self.device, *resume])
 
@@ -224,8 +282,17 @@ class Demo:
             (self.workdir / CLASSIFIER_SKIPPED_FILE).write_text(reason + "\n")
             print(f"=== PLUS classifier skipped: {reason}", flush=True)
 
+    def _classifier_trained(self, fold: int) -> bool:
+        folder = self.classifier_folder / f"fold_{fold}"
+        return (folder / "checkpoint_final.pth").is_file() and \
+            all((folder / "validation" / name).is_file() for name in CLASSIFIER_VALIDATION_FILES)
+
     def _train_classifier(self, fold: int) -> None:
-        resume = ["--c"] if (self.classifier_folder / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
+        # --c: from checkpoint_latest, or (checkpoint_final: killed after the training) the operating point and the
+        # validation again
+        folder = self.classifier_folder / f"fold_{fold}"
+        resume = ["--c"] if any((folder / name).is_file() for name in ("checkpoint_latest.pth",
+                                                                        "checkpoint_final.pth")) else []
         self.run(f"classifier_fold{fold}", [
             "nnunet_plus_train_classifier", str(DATASET_ID), CONFIGURATION, str(fold), "-tr", self.trainer,
             "-device", self.device, "--preset", self.classifier_preset,
@@ -245,6 +312,9 @@ class Demo:
             "-o", str(self.evaluation / "summary.json"), "--plots", str(self.evaluation / "plots"),
             "-np", str(self.num_processes)])
 
+    def _evaluated(self) -> bool:
+        return all((self.evaluation / name).is_file() for name in EVALUATION_FILES)
+
     def _predicted_all(self, name: str) -> bool:
         folder = self.predictions / name
         cases = [p.name[: -len("_0000.nii.gz")] for p in (self.dataset_raw / "imagesTs").glob("*_0000.nii.gz")]
@@ -252,8 +322,11 @@ class Demo:
 
     def run_all(self) -> Path:
         self.timed("phantom", (self.dataset_raw / "dataset.json").is_file(), self.make_phantom)
-        self.timed("plan_and_preprocess", (self.preprocessed / DATASET_NAME / "nnUNetPlans.json").is_file()
-                   and (self.preprocessed / DATASET_NAME / "gt_segmentations").is_dir(), self.plan_and_preprocess)
+        if not self.preview.is_file():  # a run killed after the dataset was in place, before its preview was drawn
+            from nnunet_plus.phantom.preview import write_preview
+
+            write_preview(self.dataset_raw, self.preview)
+        self.timed("plan_and_preprocess", self._preprocessed(), self.plan_and_preprocess)
         if not (self.preprocessed / DATASET_NAME / "splits_final.json").is_file():
             self.write_two_fold_split()
         for fold in FOLDS:
@@ -262,13 +335,13 @@ class Demo:
         if self.n_extra:
             self.timed("extra_cohort", self._extra_done(), self.make_extra_cohort)
         for fold in FOLDS:
-            done = (self.classifier_folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+            done = self._classifier_trained(fold)
             self.timed(f"classifier_fold{fold}", done or self.classifier_skipped is not None,
                        lambda f=fold: self.train_classifier(f))
         plus_options = ["--overlays"] + (["--no-classifier"] if self.classifier_skipped else [])
         self.timed("predict_nnunet", self._predicted_all("nnunet"), lambda: self.predict("nnunet", ["--no-classifier"]))
         self.timed("predict_plus", self._predicted_all("plus"), lambda: self.predict("plus", plus_options))
-        self.timed("evaluate", (self.evaluation / "summary.json").is_file(), self.evaluate)
+        self.timed("evaluate", self._evaluated(), self.evaluate)
         from nnunet_plus.demo_report import write_report
 
         report = write_report(self)

@@ -49,6 +49,7 @@ from nnunet_plus.classifier.bank_io import (METADATA_FILE, PATIENT_KEYS, TIERS, 
                                             save_case_bank)
 from nnunet_plus.classifier.crops import candidate_rois, liver_input, normalise_intensity
 from nnunet_plus.classifier.shuffle import shuffle_case, shuffled_case_id
+from nnunet_plus.integrity import check_complete
 from nnunet_plus.safe_load import load_properties
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
@@ -284,6 +285,8 @@ def _build_case_job(job: _CaseJob) -> list[tuple[str, int, dict]]:
     bank.json extras)`` per file written."""
     softmax = Path(job.softmax_file)
     try:
+        for path in (*job.image_files, job.label_file):  # nnU-Net's reader takes a cut .nii.gz for zeros
+            check_complete(path)
         reader = job.reader()
         image, properties = reader.read_images(list(job.image_files))
         label, _ = reader.read_seg(job.label_file)

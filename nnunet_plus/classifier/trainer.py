@@ -387,7 +387,9 @@ class PLUSClassifierTrainer:
         if self.model is None:
             self.initialize()
         final, latest = self.output_folder / FINAL, self.output_folder / LATEST
-        finished_before = continue_training and final.is_file()
+        # checkpoint_latest is removed when a training ends: beside a final checkpoint it means a newer, unfinished
+        # training (one that will replace that final checkpoint), so it is continued first
+        finished_before = continue_training and final.is_file() and not latest.is_file()
         if finished_before:
             self.load(final)
             self.log(f"{final} exists: training is complete (epoch {self.epoch})")

@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_plus.integrity import check_complete
 from nnunet_plus.schema import LesionSchema, write_json_atomic
 
 __all__ = ["NNUNET_KEY", "PLUS_KEY", "SUMMARY_FILE", "evaluate_classifier"]
@@ -61,6 +62,8 @@ def _load_case(case: str, raw_dataset_dir: Path, dataset_json: Mapping, entry: M
     if not softmax_file.is_file():
         raise FileNotFoundError(f"validation case {case}: softmax export {softmax_file} (the candidate bank's "
                                 "source) no longer exists; rerun the nnU-Net validation with --npz")
+    for path in (*images, label):
+        check_complete(path)  # nnU-Net's reader takes the missing part of a cut .nii.gz for zeros
     reader = determine_reader_writer_from_dataset_json(dataset_json, str(images[0]), verbose=False)()
     image, properties = reader.read_images([str(p) for p in images])
     reference, _ = reader.read_seg(str(label))

@@ -108,6 +108,30 @@ def _companion(output: Path, tag: str) -> Path:
     return output.with_name(f"{stem}_{tag}.json")
 
 
+def check_outputs(outputs: Sequence[Path], reference_dir: Path, prediction_dirs: Sequence[Path],
+                  file_ending: str = ".nii.gz", schema_files: Sequence[Path] = ()) -> None:
+    """Raise ValueError (one line naming both) when an output file would replace a file the evaluation reads: a
+    reference label map, a prediction folder's ``<case><file_ending>``, ``<case>.json`` or
+    ``<case>_instances<file_ending>`` (a case named ``nnunet_plus_summary`` meets the default ``-o``), or one of
+    ``schema_files`` (the dataset.json files the schema may come from)."""
+    from nnunet_plus.evaluation.folder import INSTANCES_SUFFIX, list_cases
+
+    cases = list_cases(reference_dir, file_ending)
+    inputs = {Path(p).resolve(): None for p in schema_files}
+    inputs.update({(reference_dir / f"{c}{file_ending}").resolve(): c for c in cases})
+    for folder in prediction_dirs:
+        for case in cases:
+            for name in (f"{case}{file_ending}", f"{case}.json", f"{case}{INSTANCES_SUFFIX}{file_ending}"):
+                inputs[(folder / name).resolve()] = case
+    for output in outputs:
+        path = Path(output).resolve()
+        if path in inputs:
+            case = inputs[path]
+            what = "the lesion schema's dataset.json" if case is None else f"a file of case {case!r}"
+            raise ValueError(f"the output {output} is {what} that the evaluation reads; pass another -o (e.g. "
+                             "outside the prediction folder)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -123,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output or args.pred / DEFAULT_SUMMARY_NAME
     try:
         schema = resolve_schema(args.dataset, args.schema, args.ref, args.pred)
+        schema_files = [args.schema or args.pred / "dataset.json", args.ref.parent / "dataset.json"]
+        if args.dataset is not None:
+            schema_files.append(nnunet_folder("nnUNet_raw") / dataset_name(args.dataset) / "dataset.json")
+        check_outputs([output, *([_companion(output, "baseline"), _companion(output, "comparison")]
+                                 if args.baseline else [])], args.ref, [args.pred, *filter(None, [args.baseline])],
+                      schema_files=schema_files)
         summary = evaluate_folders(args.ref, args.pred, schema, **options)
         baseline = evaluate_folders(args.ref, args.baseline, schema, **options) if args.baseline else None
         write_json_atomic(output, summary)

@@ -3,7 +3,8 @@
 Panels are the axial slice (numpy axis 0) where the lesion has its largest area, the CT shown in an
 abdominal window (W 400, L 50 HU; rendered with matplotlib's Agg
 canvas directly, no pyplot state, so it is safe in worker threads), the lesion contour in its label colour, the liver contour in brown.
-A case without lesions gets one panel (the slice with the most liver) titled "no lesion".
+A case without lesions gets one panel (the slice with the most liver) titled "no lesion". Slices thinner than
+2 voxels (a 1 x 1 x 1 image, a single row) are outlined too (:func:`_contour`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ CT_WINDOW = (-150.0, 250.0)
 def _largest_slice(mask: np.ndarray) -> int:
     areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
     return int(np.argmax(areas))
+
+
+def _contour(ax, mask: np.ndarray, color, linewidth: float) -> None:
+    """Outline the 2D ``mask`` in ``color``. matplotlib's contour needs at least 2 x 2 values: a thinner slice
+    (an image of 1 x 1 x 1 voxels, a single row) is outlined on a copy padded with one background voxel on each
+    side, drawn at the same voxel positions, and the panel keeps the image's extent."""
+    if min(mask.shape) >= 2:
+        ax.contour(mask, levels=[0.5], colors=[color], linewidths=linewidth)
+        return
+    limits = ax.get_xlim(), ax.get_ylim()
+    ax.contour(np.arange(-1, mask.shape[1] + 1), np.arange(-1, mask.shape[0] + 1), np.pad(mask, 1).astype(np.uint8),
+               levels=[0.5], colors=[color], linewidths=linewidth)
+    ax.set_xlim(*limits[0])
+    ax.set_ylim(*limits[1])
 
 
 def _panel_title(ax, text: str) -> None:
@@ -61,11 +76,11 @@ def write_overlay(path: str | Path, image: np.ndarray, label_map: np.ndarray, in
         ax.imshow(ct[z], cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], aspect=aspect,
                   interpolation="nearest")
         if liver[z].any():
-            ax.contour(liver[z], levels=[0.5], colors=[colors[schema.liver[0]]], linewidths=0.6)
+            _contour(ax, liver[z], colors[schema.liver[0]], 0.6)
         if rec is None:
             _panel_title(ax, f"no lesion (slice {z})")
             continue
-        ax.contour(mask[z], levels=[0.5], colors=[colors.get(rec["class"], (1.0, 1.0, 0.0))], linewidths=1.2)
+        _contour(ax, mask[z], colors.get(rec["class"], (1.0, 1.0, 0.0)), 1.2)
         _panel_title(ax, f"#{lesion_id} {rec['class']} p={float(rec['probability']):.2f} (z={z})")
     left_out = len(ordered) - len(shown)
     fig.text(0.5, 1.0 - 0.1 / (3.4 * rows + 0.4), title + (f" (+{left_out} smaller lesions not shown)" if left_out

@@ -9,7 +9,7 @@ import torch
 
 from nnunet_plus.classifier.bank_io import read_bank_metadata
 from nnunet_plus.classifier.bank_metrics import score_cases
-from nnunet_plus.classifier.checkpoint import load_checkpoint
+from nnunet_plus.classifier.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_plus.classifier.cli import main
 from nnunet_plus.classifier.data import CandidateDataset
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
@@ -95,6 +95,10 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, cls_helpers
     assert load_checkpoint(tmp_path / "b" / "checkpoint_latest.pth")["epoch"] == 1
     assert not (tmp_path / "b" / "checkpoint_final.pth").exists()
 
+    # a final checkpoint of an earlier training of this fold: --c must continue the newer, unfinished one
+    stale = load_checkpoint(tmp_path / "a" / "checkpoint_final.pth")
+    stale["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in stale["state_dict"].items()}
+    save_checkpoint(stale, tmp_path / "b" / "checkpoint_final.pth")
     resumed = make(cls_project, tmp_path / "b", 0, epochs=2)
     resumed.run_training(continue_training=True, validate=False)
     a = load_checkpoint(tmp_path / "a" / "checkpoint_final.pth")

@@ -1,15 +1,20 @@
 """Helpers for the reliability tests: a small CT + label map on disk, a plug-and-play run without nnU-Net, and
-fault injection (a file-size limit in a subprocess, a truncating SimpleITK writer, a truncated copy)."""
+fault injection (a file-size limit in a subprocess, a truncating SimpleITK writer, a truncated copy, SIGKILL of a
+command at a chosen point: :func:`kill_when`, then :func:`assert_complete_files` on what it left)."""
 from __future__ import annotations
 
+import csv
+import importlib.util
 import os
+import random
 import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -109,3 +114,112 @@ def model_grid() -> SimpleNamespace:
         configuration_manager=SimpleNamespace(spacing=[4.0, 1.5, 1.5])))
     return SimpleNamespace(predictor=predictor, geometry=lambda spacing_xyz: Geometry(
         (16, 16, 8), tuple(spacing_xyz), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)))
+
+
+# ---- kill -9 and resume -------------------------------------------------------------------------------------------
+def kill_when(command: list[str], log: Path, when: Callable[[], bool], *, delay: float = 0.0, env: dict | None = None,
+              group: bool = True, timeout: float = 180.0) -> str:
+    """Start ``command`` in its own session (stdout + stderr into ``log``), wait until ``when()`` is true, sleep
+    ``delay`` seconds, then SIGKILL it: its whole process group (``group``, as ``kill -9 -PGID``, a batch system or a
+    closed terminal do) or the process alone. Returns its output. Fails the test when the command ends by itself
+    before the kill (the kill point was never reached) or ``when()`` stays false for ``timeout`` seconds."""
+    with open(log, "wb") as fh:
+        process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not when():
+            if process.poll() is not None:
+                pytest.fail(f"{' '.join(command)} ended (exit {process.returncode}) before the kill point:\n"
+                            f"{log.read_text(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the kill point of {' '.join(command)} was not reached in {timeout} s")
+            time.sleep(0.002)
+        time.sleep(delay)
+        (os.killpg if group else os.kill)(process.pid, signal.SIGKILL)
+        code = process.wait(timeout=60)
+        assert code == -signal.SIGKILL, f"{' '.join(command)} ended by itself (exit {code}) before the kill " \
+                                        f"{delay:.3f} s after the kill point; shorten the delay"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return log.read_text(errors="replace")
+
+
+def assert_complete_files(folder: Path) -> list[Path]:
+    """Assert that every file under a final name in ``folder`` (recursively; names starting with "." are temp files
+    and staging folders) is complete: :func:`~nnunet_plus.integrity.check_complete` by type (gzip / NIfTI, JSON,
+    PNG, npz), images read back with :func:`nnunet_plus.image_io.read_image`, CSV rows as long as the header,
+    ``.pth`` files load as PLUS classifier checkpoints. Returns the hidden entries (what a kill left behind)."""
+    from nnunet_plus.image_io import read_image
+    from nnunet_plus.integrity import check_complete
+
+    hidden = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            if path.name.startswith("."):
+                hidden.append(path)
+            continue
+        if not path.is_file():
+            continue
+        check_complete(path)
+        name = path.name.lower()
+        if name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")):
+            read_image(path)
+        elif name.endswith(".csv"):
+            with open(path, newline="") as fh:
+                rows = list(csv.reader(fh))
+            assert rows and all(len(row) == len(rows[0]) for row in rows), f"{path} is cut short"
+        elif name.endswith(".pth"):
+            from nnunet_plus.classifier.checkpoint import load_checkpoint
+
+            load_checkpoint(path)
+    return hidden
+
+
+def _classifier_fixtures():
+    """tests/classifier/conftest.py as a module (its synthetic project writer; test folders cannot import each
+    other's conftest by name)."""
+    path = Path(__file__).resolve().parents[1] / "classifier" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("nnunet_plus_tests_classifier_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def classifier_project(root: Path, *, build_bank: bool = True) -> SimpleNamespace:
+    """The classifier tests' synthetic project (``Dataset998_ClsTrainer``, 6 cases, a 2-fold split) under ``root``;
+    ``project.build_bank()`` builds its candidate bank into ``project.bank`` (the settings of the ``cls_project``
+    fixture), which ``build_bank`` does right away."""
+    from nnunet_plus.classifier.bank import build_candidate_bank
+    from nnunet_plus.classifier.bank_io import BankSettings
+
+    fixtures = _classifier_fixtures()
+    project = fixtures.write_project(root)
+    project.bank = project.classifier / "candidate_bank"
+    project.build_bank = lambda: build_candidate_bank(
+        project.raw, [project.model / f"fold_{k}" / "validation" for k in (0, 1)], project.bank, fixtures.CLS_SCHEMA,
+        target_spacing=fixtures.CLS_SPACING, settings=BankSettings(roi_shape=(16, 32, 32), liver_shape=(16, 32, 32)),
+        num_processes=1, quiet=True)
+    if build_bank:
+        project.build_bank()
+    return project
+
+
+@pytest.fixture
+def classifier_files():
+    """``classifier_files(root, build_bank=True)``: :func:`classifier_project`."""
+    return classifier_project
+
+
+@pytest.fixture
+def sigkill() -> SimpleNamespace:
+    """Kill -9 and resume: ``sigkill.run(command, log, when, delay=...)`` (:func:`kill_when`),
+    ``sigkill.assert_complete(folder)`` (:func:`assert_complete_files`), and random kill points:
+    ``sigkill.uniform(a, b)``, ``sigkill.randint(a, b)``;
+    ``sigkill.tag`` names the seed for assertion messages (set ``NNUNET_PLUS_KILL_SEED`` to replay one)."""
+    seed = int(os.environ.get("NNUNET_PLUS_KILL_SEED") or random.randrange(2 ** 32))
+    rng = random.Random(seed)
+    return SimpleNamespace(run=kill_when, assert_complete=assert_complete_files, uniform=rng.uniform,
+                           randint=rng.randint, tag=f"NNUNET_PLUS_KILL_SEED={seed}")

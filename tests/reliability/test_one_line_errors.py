@@ -3,11 +3,14 @@
 An unwritable ``-o`` is refused before any case is computed; nnunet_plus_configure names a dataset.json that is
 not JSON, not an object, not UTF-8 or immutable; make_phantom refuses a shape it cannot allocate; a header
 spacing that resamples to nothing names the file; ``-step_size 0`` and ``-f 1_old`` are argument errors; folds
-are only ``fold_<k>`` / ``fold_all`` folders (a ``fold_1_old`` copy is neither loaded nor averaged in).
+are only ``fold_<k>`` / ``fold_all`` folders (a ``fold_1_old`` copy is neither loaded nor averaged in). A 1 x 1 x 1
+voxel image is no error at all: it is read, predicted (overlay included) and evaluated like any other.
 """
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import pytest
 
 from nnunet_plus.predict.inputs import InputError
@@ -138,3 +141,36 @@ def test_classifier_ignores_a_fold_copy(tmp_path):
     folder = _fold_folders(tmp_path / "PLUSClassifier", ["fold_1_x"])
     with pytest.raises(FileNotFoundError, match="no fold of"):
         PLUSInference.from_folder(folder, schema=build_schema(LABELS))
+
+
+# ---- a 1 x 1 x 1 voxel image ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 5)])
+def test_a_one_voxel_image_is_predicted_with_its_overlay_and_evaluated(cohort, shape):
+    """A 1 x 1 x 1 voxel CT + label map (and a one-row image) goes through the shared reader, predict and evaluate
+    like any other image. Its overlay failed the case with "tiny: TypeError: Input z must be at least a (2, 2)
+    shaped array, but has shape (1, 1)" (matplotlib's contour on a slice under 2 x 2 voxels), naming no file."""
+    import SimpleITK as sitk
+
+    from nnunet_plus.evaluation.cli import main
+    from nnunet_plus.image_io import read_image
+    from nnunet_plus.integrity import check_complete
+
+    labels = np.ones(shape, np.uint8)
+    labels.flat[0] = 2  # one HCC voxel in the liver
+    ct = cohort.write(np.full(shape, 30, np.int16), cohort.root / "ct" / "tiny.nii.gz")
+    seg = cohort.write(labels, cohort.root / "seg" / "tiny.nii.gz")
+    out = cohort.root / "out"
+    report = cohort.run(seg.parent, out, images=ct.parent, overlays=True)
+    assert report.failures == [] and report.done == ["tiny"]
+    check_complete(out / "tiny_overlay.png")
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(out / "tiny.nii.gz")), labels)
+    [lesion] = json.loads((out / "tiny.json").read_text())["lesions"]
+    assert lesion["class"] == "hcc" and lesion["n_voxels"] == 1
+
+    schema = cohort.root / "dataset.json"
+    schema.write_text(json.dumps({"labels": LABELS, "plus": cohort.schema.to_block()}))
+    summary = cohort.root / "summary.json"
+    assert main(["-ref", str(seg.parent), "-pred", str(out), "--schema", str(schema), "--min-volume", "0",
+                 "--quiet", "-o", str(summary)]) == 0
+    lesions = json.loads(summary.read_text())["lesion_level"]
+    assert (lesions["tp"], lesions["fp"], lesions["fn"]) == (1, 0, 0)

@@ -1,7 +1,9 @@
 """Finding 3 of issue 14: truncated images are never read silently (SimpleITK fills the missing part with zeros).
 
 Every image the project reads from the user goes through :func:`nnunet_plus.image_io.read_image`: a ``.gz``
-file must decompress to its end marker and CRC, a NIfTI file must hold the bytes its header announces.
+file must decompress to its end marker and CRC, a NIfTI file must hold the bytes its header announces. Where
+nnU-Net's reader reads the raw dataset (the classifier's candidate bank and its validation), the files are checked
+first (:func:`nnunet_plus.integrity.check_complete`).
 """
 from __future__ import annotations
 
@@ -68,3 +70,18 @@ def test_evaluate_refuses_a_truncated_label_map(tmp_path, cohort, faults, make_t
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert _one_line(err) and str(files[which]) in err and "truncated" in err, err
+
+
+@pytest.mark.parametrize("which", ["image", "label"])
+def test_candidate_bank_refuses_a_truncated_raw_case(tmp_path, faults, classifier_files, which):
+    """nnunet_plus_train_classifier's candidate bank reads the raw dataset with nnU-Net's reader, which took the
+    missing part of a cut CT or label map for zeros (exit 0, crops and targets from half a case)."""
+    from nnunet_plus.classifier.bank_io import CandidateBankError
+
+    project = classifier_files(tmp_path, build_bank=False)
+    path = project.raw / ("imagesTr/cls_001_0000.nii.gz" if which == "image" else "labelsTr/cls_001.nii.gz")
+    faults.truncate(path, 0.6)
+    with pytest.raises(CandidateBankError, match="truncated") as info:
+        project.build_bank()
+    assert str(path) in str(info.value) and "cls_001" in str(info.value) and _one_line(info.value)
+    assert not (project.bank / "cls_001.npz").exists()
