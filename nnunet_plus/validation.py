@@ -2,7 +2,7 @@
 
 Reads the fold's exported validation softmax (``validation/<case>.npz`` + ``.pkl``), runs the post-processing
 at every sensitivity of the schema, matches against nnU-Net's ``gt_segmentations`` and writes
-``validation/<case>_lesions.json`` (one per case, docs/case_json) and ``validation/plus_summary.json``::
+``validation/<case>_lesions.json`` (one per case, docs/case_json.md) and ``validation/plus_summary.json``::
 
     {"meta": {...},
      "sensitivities": {"f=1": <summary>, "f=4": <summary>},   # the label map at each factor

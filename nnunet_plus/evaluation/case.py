@@ -208,7 +208,7 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
     criterion : lesion match criterion, ``"overlap"`` (any shared voxel) or ``"dice:T"`` (Dice > T).
     min_volume_cm3 : reference lesions smaller than this are ignored (neither TP nor FN); an unmatched
         prediction overlapping an ignored lesion is not a false positive either.
-    predicted_json : the case JSON (docs: case_json) of the prediction, if any: its lesion probabilities feed
+    predicted_json : the case JSON (docs/case_json.md) of the prediction, if any: its lesion probabilities feed
         the FROC, its patient probabilities the AUCs, its patient class the confusion matrix.
     predicted_instances : (Z, Y, X) instance map whose ids are the JSON's lesion ids (needs
         ``predicted_json``); without it the predicted lesions are seg2det's components of ``prediction``.

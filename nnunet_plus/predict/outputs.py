@@ -4,7 +4,7 @@ Per case (``<case>`` = the input case id)::
 
     <case>.nii.gz             final label map (liver + refined lesion types), the input's exact voxel grid
     <case>_instances.nii.gz   reported lesion ids 1..N (the ids of the JSON)
-    <case>.json               lesions + patient block (notes/case_json.md); written LAST: its presence marks
+    <case>.json               lesions + patient block (docs/case_json.md); written LAST: its presence marks
                               the case as done for --continue_prediction
     <case>.npz / <case>.pkl   only with --save_probabilities: nnU-Net's format ("probabilities" (K, Z, Y, X)
                               float32 in the original geometry + the properties pickle)

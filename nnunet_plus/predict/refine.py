@@ -45,7 +45,7 @@ class CaseResult:
 
     label_map : (Z, Y, X) uint8, final labels (liver + refined lesion types).
     instances : (Z, Y, X) int32, reported lesion ids 1..N (0 = none).
-    record : the per-case JSON (see notes/case_json.md), JSON-able.
+    record : the per-case JSON (see docs/case_json.md), JSON-able.
     geometry : the input image geometry, written unchanged into the label maps.
     """
 
