@@ -160,7 +160,8 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
                         [*(s.case for s in sources.values()), *images.values()])
     todo, skipped = select_cases(list(sources), output_folder, num_parts=num_parts, part_id=part_id,
                                  continue_prediction=continue_prediction, save_probabilities=save_probabilities,
-                                 overlays=overlays)
+                                 overlays=overlays,
+                                 dicom_inputs={c: i.files for c, i in images.items()} if dicom_seg else None)
     prepare_output_folder(output_folder)
 
     def prepare(case: str):

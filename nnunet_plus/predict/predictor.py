@@ -271,7 +271,8 @@ class PLUSPredictor:
         check_output_folder(output_folder, {"-i": input_folder}, inputs.values())
         todo, skipped = select_cases(list(inputs), output_folder, num_parts=num_parts, part_id=part_id,
                                      continue_prediction=continue_prediction,
-                                     save_probabilities=save_probabilities, overlays=overlays)
+                                     save_probabilities=save_probabilities, overlays=overlays,
+                                     dicom_inputs={c: i.files for c, i in inputs.items()} if dicom_seg else None)
         prepare_output_folder(output_folder)
         logger.info("%d case(s) in %s; part %d/%d predicts %d, %d already done", len(inputs), input_folder,
                     part_id, num_parts, len(todo), len(skipped))

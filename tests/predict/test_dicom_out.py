@@ -329,3 +329,44 @@ def test_cli_dicom_seg_end_to_end(schema, tmp_path, monkeypatch, caplog):
     for got, want in zip(report["lesions"], record["lesions"]):
         for key in ("volume_mm3", "axial_diameter_mm", "probability"):
             assert got[key] == pytest.approx(want[key], rel=1e-9), key
+
+
+def test_continue_with_dicom_seg_writes_what_an_earlier_run_without_it_left_out(schema, tmp_path, monkeypatch):
+    """A run without --dicom-seg, then --dicom-seg --continue_prediction: the DICOM case is redone (it lacks its
+    SEG / SR), the NIfTI case (nothing DICOM to write) is skipped; a third run skips both."""
+    import json
+
+    import SimpleITK as sitk
+
+    from nnunet_plus.predict import cli
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name))
+    dataset = tmp_path / "nnUNet_raw" / "Dataset501_Liver"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {"0": "CT"},
+                                                       "file_ending": ".nii.gz", "numTraining": 0,
+                                                       "plus": schema.to_block()}))
+    images, segmentations, out = tmp_path / "images", tmp_path / "segs", tmp_path / "out"
+    series = write_ct_series(images / "ct_001")
+    geometry = Geometry.of(read_sitk(series))
+    case = synthetic_case(schema, geometry)
+    segmentations.mkdir()
+    for name in ("ct_001", "ct_002"):
+        sitk.WriteImage(geometry.apply(sitk.GetImageFromArray(case.label_map)), str(segmentations / f"{name}.nii.gz"))
+    sitk.WriteImage(geometry.apply(sitk.GetImageFromArray(np.zeros(SHAPE, np.int16))), str(images / "ct_002.nii.gz"))
+    base = ["-i", str(images), "-o", str(out), "-d", "501", "-c", "3d_fullres", "--from-segmentation",
+            str(segmentations), "--no-classifier", "-npp", "0", "--disable_progress_bar"]
+
+    def run(*extra: str) -> dict:
+        assert cli.main([*base, *extra]) == 0
+        return json.loads((out / "nnunet_plus_predict.json").read_text())["report"]
+
+    run()
+    assert not list(out.glob("*.dcm"))
+    report = run("--dicom-seg", "--continue_prediction")
+    assert report["skipped"] == ["ct_002"] and report["done"] == ["ct_001"]
+    assert sorted(p.name for p in out.glob("*.dcm")) == ["ct_001_seg.dcm", "ct_001_sr.dcm"]
+    report = run("--dicom-seg", "--continue_prediction")
+    assert report["skipped"] == ["ct_001", "ct_002"] and report["done"] == []
