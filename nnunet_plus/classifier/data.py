@@ -126,10 +126,15 @@ class CandidateDataset(torch.utils.data.Dataset):
         return counts
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, *, augment: bool = True) -> dict:
+        """Patient ``index`` (see the class docstring); ``augment=False`` skips the augmentation (the warm start
+        reads the training patients as they are, from the same cache)."""
         bank = self.bank(index)
         crops = bank.crops.astype(np.float32)
         liver = bank.liver.astype(np.float32)
-        if self.augmentation is not None:
+        if augment and self.augmentation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             crops, liver = augment_patient(crops, liver, rng, self.augmentation)
         target = bank.target.astype(np.int64)

@@ -269,17 +269,17 @@ class PLUSClassifier(nn.Module):
         patients, local_index = torch.unique(lesion_to_patient, return_inverse=True)
         liver_map = self.liver_encoder(liver.index_select(0, patients))
         lesion_map = self.lesion_encoder(lesion_crops)
-        features = self.hda(lesion_map, liver_map, local_index)
-        features = self.fusion(features, prior_distribution(priors))
+        prior = prior_distribution(priors)
+        features = self.fusion(self.hda(lesion_map, liver_map, local_index), prior)
         description = self.standardise(self.description(lesion_crops, candidate_features, liver, lesion_to_patient))
         described = self.candidate_encoder(description.to(features.dtype))
         correction = self.head(torch.cat([features, described], dim=1)).float() + self.description_head(description)
-        return (1.0 + self.prior_scale) * self.log_prior(priors) + correction
+        return (1.0 + self.prior_scale) * self.log_prior(prior) + correction
 
     @staticmethod
-    def log_prior(priors: torch.Tensor) -> torch.Tensor:
-        """``(N, C + 1)`` log of nnU-Net's prior, extended to "not a lesion" and smoothed by ``PRIOR_SMOOTHING``."""
-        prior = prior_distribution(priors)
+    def log_prior(prior: torch.Tensor) -> torch.Tensor:
+        """``(N, C + 1)`` log of nnU-Net's prior (:func:`prior_distribution`'s output), smoothed by
+        ``PRIOR_SMOOTHING``."""
         return ((1.0 - PRIOR_SMOOTHING) * prior + PRIOR_SMOOTHING / prior.shape[1]).log()
 
     @staticmethod

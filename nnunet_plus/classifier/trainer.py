@@ -432,9 +432,8 @@ class PLUSClassifierTrainer:
 
     def warm_start(self) -> None:
         """Fit the network's linear description term on the un-augmented training candidates (before epoch 0)."""
-        patients = CandidateDataset(self.bank_dir, self.train_cases, metadata=self.metadata)
-        fitted = fit_description_term(self.model, (patients[i] for i in range(len(patients))),
-                                      l2=self.settings.warm_start_l2)
+        patients = (self.train_data.item(i, augment=False) for i in range(len(self.train_data)))
+        fitted = fit_description_term(self.model, patients, l2=self.settings.warm_start_l2)
         self.log(fitted.describe())
 
     # ---- operating point ------------------------------------------------------------------------------

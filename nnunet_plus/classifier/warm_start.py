@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nnunet_plus.classifier.model import PLUSClassifier
+from nnunet_plus.classifier.model import PLUSClassifier, prior_distribution
 
 __all__ = ["DEFAULT_L2", "WarmStart", "fit_description_term"]
 
@@ -67,7 +67,8 @@ def _training_table(model: PLUSClassifier, patients: Iterable[Mapping]) -> tuple
         liver = torch.from_numpy(np.asarray(item["liver"], dtype=np.float32))[None]
         features = torch.from_numpy(np.asarray(item["features"], dtype=np.float32))
         descriptions.append(model.description(crops, features, liver, torch.zeros(n, dtype=torch.long)))
-        log_priors.append(model.log_prior(torch.from_numpy(np.asarray(item["prior"], dtype=np.float32))))
+        prior = prior_distribution(torch.from_numpy(np.asarray(item["prior"], dtype=np.float32)))
+        log_priors.append(model.log_prior(prior))
         targets.append(torch.from_numpy(np.asarray(item["target"], dtype=np.int64)))
     if not targets:
         return (torch.zeros(0, model.description_dim), torch.zeros(0, model.num_classes),

@@ -281,15 +281,12 @@ def test_dcmqi_reads_the_seg(written, schema, tmp_path):
     np.testing.assert_array_equal(rebuilt, result.label_map)
 
 
-def test_cli_dicom_seg_end_to_end(schema, tmp_path, monkeypatch, caplog):
-    """nnunet_plus_predict --from-segmentation ... --dicom-seg (no network to train): a DICOM case gets a SEG whose
-    label map equals <case>.nii.gz voxel for voxel and an SR listing <case>.json's lesions; a NIfTI case gets the
-    one-line message and its other outputs."""
+def _plug_and_play_project(schema, tmp_path, monkeypatch) -> tuple[Path, Path, Path, Path]:
+    """nnU-Net folders with dataset 501 (the schema in its dataset.json), ``images/`` with a DICOM series case
+    ``ct_001`` and a NIfTI case ``ct_002``, ``segs/`` with a label map of each; ``(images, segs, out, series)``."""
     import json
 
     import SimpleITK as sitk
-
-    from nnunet_plus.predict import cli
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (tmp_path / name).mkdir()
@@ -307,6 +304,20 @@ def test_cli_dicom_seg_end_to_end(schema, tmp_path, monkeypatch, caplog):
     for name in ("ct_001", "ct_002"):
         sitk.WriteImage(geometry.apply(sitk.GetImageFromArray(case.label_map)), str(segmentations / f"{name}.nii.gz"))
     sitk.WriteImage(geometry.apply(sitk.GetImageFromArray(np.zeros(SHAPE, np.int16))), str(images / "ct_002.nii.gz"))
+    return images, segmentations, out, series
+
+
+def test_cli_dicom_seg_end_to_end(schema, tmp_path, monkeypatch, caplog):
+    """nnunet_plus_predict --from-segmentation ... --dicom-seg (no network to train): a DICOM case gets a SEG whose
+    label map equals <case>.nii.gz voxel for voxel and an SR listing <case>.json's lesions; a NIfTI case gets the
+    one-line message and its other outputs."""
+    import json
+
+    import SimpleITK as sitk
+
+    from nnunet_plus.predict import cli
+
+    images, segmentations, out, series = _plug_and_play_project(schema, tmp_path, monkeypatch)
     with caplog.at_level(logging.WARNING):
         code = cli.main(["-i", str(images), "-o", str(out), "-d", "501", "-c", "3d_fullres", "--from-segmentation",
                          str(segmentations), "--no-classifier", "--dicom-seg", "-npp", "0", "--disable_progress_bar"])
@@ -336,26 +347,9 @@ def test_continue_with_dicom_seg_writes_what_an_earlier_run_without_it_left_out(
     SEG / SR), the NIfTI case (nothing DICOM to write) is skipped; a third run skips both."""
     import json
 
-    import SimpleITK as sitk
-
     from nnunet_plus.predict import cli
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    dataset = tmp_path / "nnUNet_raw" / "Dataset501_Liver"
-    dataset.mkdir()
-    (dataset / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {"0": "CT"},
-                                                       "file_ending": ".nii.gz", "numTraining": 0,
-                                                       "plus": schema.to_block()}))
-    images, segmentations, out = tmp_path / "images", tmp_path / "segs", tmp_path / "out"
-    series = write_ct_series(images / "ct_001")
-    geometry = Geometry.of(read_sitk(series))
-    case = synthetic_case(schema, geometry)
-    segmentations.mkdir()
-    for name in ("ct_001", "ct_002"):
-        sitk.WriteImage(geometry.apply(sitk.GetImageFromArray(case.label_map)), str(segmentations / f"{name}.nii.gz"))
-    sitk.WriteImage(geometry.apply(sitk.GetImageFromArray(np.zeros(SHAPE, np.int16))), str(images / "ct_002.nii.gz"))
+    images, segmentations, out, _ = _plug_and_play_project(schema, tmp_path, monkeypatch)
     base = ["-i", str(images), "-o", str(out), "-d", "501", "-c", "3d_fullres", "--from-segmentation",
             str(segmentations), "--no-classifier", "-npp", "0", "--disable_progress_bar"]
 
