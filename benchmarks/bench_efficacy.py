@@ -187,7 +187,8 @@ def bank_arm_metrics(banks, tables, rule, schema, malignant: list[int], benign: 
     lesion = scores["lesion"]
     tumor_truth, tumor_found, score_tumor, score_malignant, malignant_truth = [], [], [], [], []
     for bank, table in zip(banks, tables):
-        reported, _ = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class)
+        reported, _ = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class,
+                                 groups=(malignant, benign))
         tumor_truth.append(bool(bank.patient[0]))
         malignant_truth.append(bool(bank.patient[1]))
         tumor_found.append(bool(reported.any()))

@@ -76,7 +76,8 @@ def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], 
     truth: dict[str, list[bool]] = {"malignant": [], "benign": []}
     predicted: dict[str, list[bool]] = {"malignant": [], "benign": []}
     for bank, table in zip(banks, probabilities):
-        reported, classes = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class)
+        reported, classes = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class,
+                                       groups=(malignant_classes, benign_classes))
         for key, value in case_lesion_counts(bank, reported, classes, min_volume_mm3=min_volume_mm3).items():
             totals[key] += value
         present = set(classes[reported].tolist())

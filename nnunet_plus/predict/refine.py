@@ -130,8 +130,10 @@ class CaseRefiner:
         if table is not None:
             class_of = {label: i for i, label in enumerate(labels)}
             tiers = [0 if rec.get("tier", "confident") == "confident" else 1 for rec in detections.lesions]
+            groups = [[names.index(n) for n in schema.malignant], [names.index(n) for n in schema.benign]]
             flags, classes = apply_rule(self.classifier.rule, table, tier=np.asarray(tiers, dtype=np.int64),
-                                        nnunet_class=[class_of[int(rec["label"])] for rec in detections.lesions])
+                                        nnunet_class=[class_of[int(rec["label"])] for rec in detections.lesions],
+                                        groups=groups)
         reported, rejected = [], []
         for index, rec in enumerate(detections.lesions):
             prior_by_name = {n: float(p) for n, p in zip(names, rec["prior"])}

@@ -192,3 +192,30 @@ def test_held_out_check_is_skipped_with_a_single_fold(cls_project):
     assert "needs validation cases of 2 or more folds" in single.describe()
     assert "held-out" not in plain.describe()
     assert plain.to_json()["held_out_passed"] is None and plain.to_json()["held_out"] == {}
+
+
+
+def test_type_is_decided_group_first():
+    """Malignant vs benign is decided on the summed group probability, then the type inside the group."""
+    from nnunet_plus.classifier.operating_point import group_first_type
+
+    # types: hcc, icc, metastasis (malignant), hemangioma, cyst (benign), calcification (no group); then "not"
+    groups = [[0, 1, 2], [3, 4]]
+    table = np.array([
+        [0.19, 0.25, 0.12, 0.12, 0.30, 0.00, 0.02],  # malignant 0.56 > benign 0.42: icc, not the argmax cyst
+        [0.05, 0.28, 0.12, 0.34, 0.20, 0.00, 0.01],  # benign 0.54 > malignant 0.45: hemangioma
+        [0.10, 0.10, 0.10, 0.05, 0.05, 0.55, 0.05],  # calcification alone 0.55 > malignant 0.30 > benign 0.10
+    ])
+    types, mass = group_first_type(table, groups)
+    assert types.tolist() == [1, 3, 5]
+    np.testing.assert_allclose(mass[0], [0.56, 0.56, 0.56, 0.42, 0.42, 0.0])
+    assert group_first_type(table)[0].tolist() == [4, 3, 5]  # without groups: the plain argmax
+    rule = DecisionRule(reject_confident=0.9, relabel_margin=0.1, accept_suspicious=0.9)
+    # confident hcc, PLUS icc: same group, icc leads hcc by 0.06 <= 0.1, so hcc stays;
+    # confident cyst, PLUS icc: other group, malignant leads benign by 0.14 > 0.1, so icc;
+    # confident hcc, PLUS hemangioma: benign leads malignant by 0.09 <= 0.1, so hcc stays
+    _, classes = apply_rule(rule, table[[0, 0, 1]], tier=[0, 0, 0], nnunet_class=[0, 4, 0], groups=groups)
+    assert classes.tolist() == [0, 1, 0]
+    # a suspicious candidate takes the group-first type
+    reported, classes = apply_rule(rule, table[:1], tier=[1], nnunet_class=[4], groups=groups)
+    assert reported.tolist() == [True] and classes.tolist() == [1]

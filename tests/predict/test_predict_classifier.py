@@ -227,7 +227,9 @@ def test_trained_classifier_predicts_the_mixed_folder(trained_classifier, tiny_m
         candidates = record["lesions"] + record["rejected"]
         table = np.array([[c["plus"][n] for n in [*names, "not_a_lesion"]] for c in candidates]).reshape(-1, 3)
         reported, classes = apply_rule(rule, table, tier=[int(c["tier"] == "suspicious") for c in candidates],
-                                       nnunet_class=[names.index(c["nnunet_class"]) for c in candidates])
+                                       nnunet_class=[names.index(c["nnunet_class"]) for c in candidates],
+                                       groups=[[names.index(n) for n in schema.malignant],
+                                               [names.index(n) for n in schema.benign]])
         assert reported.tolist() == [True] * len(record["lesions"]) + [False] * len(record["rejected"])
         assert [names[k] for k in classes[reported]] == [r["class"] for r in record["lesions"]]
         rows = lesions_csv[lesions_csv["case"] == case]
