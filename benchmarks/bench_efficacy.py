@@ -20,7 +20,7 @@ Metrics on the test cases (``docs/evaluation.md``: overlap criterion, no minimum
 evaluates): lesion F1 / precision / recall (a lesion counts when found with the right type), false positives
 per patient, malignant / benign patient F1, screening accuracy (any lesion), malignant / tumour AUC. nnU-Net
 alone and + PLUS come from the demo's ``evaluation/summary_baseline.json`` and ``summary.json``; the peer is
-scored on candidate-bank arrays (:func:`~nnunet_plus.classifier.bank_metrics.score_cases`, the same
+scored on candidate-bank arrays (:func:`~nnunet_plus.classifier.rule_scores.score_cases`, the same
 matching), and nnU-Net alone is scored that way too as a consistency check against the summary. Patient AUC
 scores: LiverMax for nnU-Net alone and whenever the rule is the identity, else the second stage's patient
 probabilities (max over the candidates), as ``nnunet_plus_predict`` does.
@@ -178,9 +178,9 @@ def bank_arm_metrics(banks, tables, rule, schema, malignant: list[int], benign: 
     """The benchmark's metrics of ``rule`` on candidate-bank cases (the identity = nnU-Net alone)."""
     import numpy as np
 
-    from nnunet_plus.classifier.bank_metrics import score_cases
+    from nnunet_plus.classifier.rule_scores import score_cases
     from nnunet_plus.classifier.inference import patient_probabilities
-    from nnunet_plus.classifier.operating_point import apply_rule
+    from nnunet_plus.decision_rule import apply_rule
     from nnunet_plus.evaluation.metrics import auc, binary_metrics
 
     scores = score_cases(banks, tables, rule=rule, malignant_classes=malignant, benign_classes=benign)
@@ -213,7 +213,7 @@ def run_peer_arm(demo, baseline: dict, notes: list[str], *, quiet: bool) -> dict
     import numpy as np
 
     from nnunet_plus.classifier.bank_io import load_case_bank, read_bank_metadata
-    from nnunet_plus.classifier.operating_point import DecisionRule
+    from nnunet_plus.decision_rule import DecisionRule
     from nnunet_plus.classifier.splits import load_splits
     from nnunet_plus.demo import DATASET_NAME
     from peer_gbm import run_peer
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    from nnunet_plus.schema import write_json_atomic
+    from nnunet_plus.atomic import write_json_atomic
 
     started = datetime.datetime.now().astimezone()
     results = []

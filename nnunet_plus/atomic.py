@@ -10,6 +10,7 @@ leaves a truncated file and returns normally).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -91,3 +92,11 @@ def stale_temp_files(folder: str | os.PathLike, older_than_s: float) -> list[Pat
         except FileNotFoundError:  # removed meanwhile (renamed by its writer, or by another part)
             pass
     return sorted(stale)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented, standard JSON to ``path`` through a temp file + rename (never half-written;
+    the mode of a plain ``open()``, see the module docstring); NaN / infinity raise ``ValueError``."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

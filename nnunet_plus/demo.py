@@ -38,8 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_plus.paths import trainers_path
-from nnunet_plus.schema import write_json_atomic
+from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.paths import resolve_device, trainers_path
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_LiverPhantom"
@@ -382,13 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         print("nnunet_plus_demo: error: need --cases >= 4 (two folds), --test-cases >= 1 and --extra-cases >= 0",
               file=sys.stderr)
         return 2
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            print("nnunet_plus_demo: error: -device cuda but no CUDA GPU is visible; use -device cpu",
-                  file=sys.stderr)
-            return 2
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        print(f"nnunet_plus_demo: error: {error}", file=sys.stderr)
+        return 2
     demo = Demo(args.workdir, device=args.device, n_train=args.cases, n_test=args.test_cases,
                 classifier_epochs=args.classifier_epochs or CLASSIFIER_EPOCHS[args.device],
                 num_processes=args.num_processes, trainer=args.trainer, conspicuity=args.conspicuity,

@@ -6,12 +6,27 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nnunet_plus.evaluation.summary import format_comparison, format_lesion_table
 
-if TYPE_CHECKING:
-    from nnunet_plus.demo import Demo
+
+
+class DemoRun(Protocol):
+    """What the report reads of a demo run (``nnunet_plus.demo.Demo`` is one); the report never imports the demo."""
+
+    workdir: Path
+    device: str
+    trainer: str
+    n_train: int
+    n_test: int
+    timings: dict
+    dataset_raw: Path
+    model_folder: Path
+    classifier_folder: Path
+    classifier_skipped: str | None
+    predictions: Path
+    evaluation: Path
 
 REPORT_FILE = "report.md"
 MAX_OVERLAYS = 4
@@ -35,7 +50,7 @@ def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
-def _learning_table(demo: "Demo") -> list[str]:
+def _learning_table(demo: DemoRun) -> list[str]:
     """Per fold and stage: training loss first -> last epoch and the fold's validation lesion figures."""
     lines = ["| stage | fold | training loss | validation (held-out fold) |", "| --- | --- | --- | --- |"]
     for fold_folder in sorted(demo.model_folder.glob("fold_*")):
@@ -60,7 +75,7 @@ def _learning_table(demo: "Demo") -> list[str]:
     return lines
 
 
-def _classifier_figures(demo: "Demo") -> list[str]:
+def _classifier_figures(demo: DemoRun) -> list[str]:
     lines = []
     for fold_folder in sorted(demo.classifier_folder.glob("fold_*")):
         summary_file = fold_folder / "validation" / "summary.json"
@@ -72,7 +87,7 @@ def _classifier_figures(demo: "Demo") -> list[str]:
     return lines
 
 
-def _operating_point(demo: "Demo") -> list[str]:
+def _operating_point(demo: DemoRun) -> list[str]:
     """What the prediction's decision rule is (the classifier folder's operating_point.json), in words."""
     path = demo.classifier_folder / "operating_point.json"
     if demo.classifier_skipped or not path.is_file():
@@ -85,7 +100,7 @@ def _operating_point(demo: "Demo") -> list[str]:
             f"cases): {data['description']}. {verdict}", ""]
 
 
-def write_report(demo: "Demo") -> Path:
+def write_report(demo: DemoRun) -> Path:
     """Write ``report.md`` into the demo's work folder; returns its path."""
     ours = json.loads((demo.evaluation / "summary.json").read_text())
     baseline = json.loads((demo.evaluation / "summary_baseline.json").read_text())

@@ -199,7 +199,7 @@ def _nnunet_figures(folder: Path, folds: Sequence[int | str]) -> dict:
 
 
 def _classifier_figures(folder: Path | None, folds: Sequence[int | str]) -> dict:
-    from nnunet_plus.classifier.validation import NNUNET_KEY, PLUS_KEY
+    from nnunet_plus.classifier.fold_validation import NNUNET_KEY, PLUS_KEY
 
     out = {}
     for fold in folds if folder is not None else ():

@@ -1,6 +1,7 @@
 """Where things live: nnU-Net's folder environment variables, dataset folders and our trainers folder."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -14,9 +15,8 @@ class PathError(RuntimeError):
 
 def trainers_path() -> str:
     """Absolute path of the folder holding our nnU-Net trainers (what ``nnUNet_extTrainer`` points at)."""
-    import nnunet_plus.trainers as trainers_pkg
-
-    return str(Path(trainers_pkg.__file__).resolve().parent)
+    spec = importlib.util.find_spec("nnunet_plus.trainers")  # located, not imported: the trainers import us
+    return str(Path(spec.origin).resolve().parent)
 
 
 def ensure_ext_trainer_env() -> None:
@@ -56,3 +56,20 @@ def trained_folds(folder: str | os.PathLike, checkpoint_name: str) -> list[int |
     found = [m[1] for p in Path(folder).glob("fold_*")
              if (m := re.fullmatch(r"fold_(\d+|all)", p.name)) and (p / checkpoint_name).is_file()]
     return sorted((int(f) if f.isdigit() else f for f in found), key=lambda f: (isinstance(f, str), f))
+
+
+def resolve_device(name: str | None = None):
+    """The ``torch.device`` to run on: ``"cpu"``, ``"cuda"`` (``"cuda:1"``) or ``"mps"``; None = CUDA when PyTorch
+    sees a GPU, else the CPU. ValueError (one line, naming ``-device cpu``) when the device is not available."""
+    import torch  # here: the folder functions above must not pay for importing torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"-device {name} was asked for but PyTorch sees no CUDA GPU; use -device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"-device {name} was asked for but the MPS backend is not available; use -device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"-device must be cpu, cuda or mps, got {name}")
+    return device

@@ -8,6 +8,8 @@ unpickling a crafted file runs any code its author chose.
   callable or class is refused before anything is called (a one-line error naming the file and the
   ``--trust-pickle`` flag). nnU-Net's properties (``sitk_stuff``, ``spacing``, cropping boxes, class
   locations) are plain data and load this way. ``trust_pickle=True`` uses ``pickle.load``, with a warning.
+* :func:`load_softmax` reads nnU-Net's ``<case>.npz`` (key ``probabilities``) with ``allow_pickle=False``: the one
+  reader of exported probabilities.
 * :func:`check_checkpoint` opens a torch checkpoint with ``weights_only=True`` (tensors, plain data, numpy
   scalars). nnU-Net's predictor then loads it again with ``weights_only=False`` (nnU-Net's code, which we do not
   change): a checkpoint the safe loader refuses is loaded anyway, after a warning naming it.
@@ -98,3 +100,24 @@ def check_checkpoint(path: str | os.PathLike) -> None:
         reason = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated: {type(exc).__name__}: "
                          f"{reason}); copy it again or retrain the fold") from exc
+
+
+
+def load_softmax(npz_file: str | os.PathLike) -> np.ndarray:
+    """nnU-Net's exported probabilities ``(C, Z, Y, X)`` of ``<case>.npz`` (``--save_probabilities`` / ``--npz``),
+    read without pickle; ValueError naming the file when it is corrupt, has no 4-D finite ``probabilities``."""
+    npz_file = Path(npz_file)
+    try:
+        with np.load(npz_file, allow_pickle=False) as data:
+            if "probabilities" not in data.files:
+                raise ValueError(f"{npz_file} has no 'probabilities' array (keys {data.files}); it is not an nnU-Net "
+                                 "softmax export")
+            probabilities = data["probabilities"]
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{npz_file} cannot be read as nnU-Net probabilities (truncated or corrupt file: "
+                         f"{error}); export it again") from None
+    if probabilities.ndim != 4:
+        raise ValueError(f"{npz_file}: 'probabilities' must be (C, Z, Y, X), got shape {probabilities.shape}")
+    if not np.isfinite(probabilities).all():
+        raise ValueError(f"{npz_file} holds NaN or infinite probabilities; export it again")
+    return probabilities

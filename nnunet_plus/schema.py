@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.atomic import write_json_atomic
 
 SCHEMA_KEY = "plus"
 
@@ -269,14 +269,6 @@ def read_dataset_json(path: str | os.PathLike) -> dict:
         raise SchemaError(f"{path} holds a JSON {type(data).__name__}, not an object; an nnU-Net dataset.json is "
                           '{"labels": {...}, "channel_names": {...}, ...}')
     return data
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented, standard JSON to ``path`` through a temp file + rename (never half-written;
-    the mode of a plain ``open()``, see nnunet_plus.atomic); NaN / infinity raise ``ValueError``."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def write_schema(dataset_json_path: str | os.PathLike, schema: LesionSchema) -> None:

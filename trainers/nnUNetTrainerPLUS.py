@@ -26,6 +26,6 @@ class nnUNetTrainerPLUS(nnUNetTrainer):
         super().perform_actual_validation(save_probabilities=True)
         if self.local_rank != 0:
             return
-        from nnunet_plus.validation import run_lesion_validation
+        from nnunet_plus.nnunet_validation import run_lesion_validation
 
         run_lesion_validation(self)

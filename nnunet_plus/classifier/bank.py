@@ -51,7 +51,8 @@ from nnunet_plus.classifier.crops import candidate_rois, liver_input, normalise_
 from nnunet_plus.classifier.shuffle import shuffle_case, shuffled_case_id
 from nnunet_plus.integrity import check_complete
 from nnunet_plus.safe_load import load_properties
-from nnunet_plus.schema import LesionSchema, write_json_atomic
+from nnunet_plus.schema import LesionSchema
+from nnunet_plus.atomic import write_json_atomic
 
 __all__ = ["BankSettings", "CandidateBankError", "CaseBank", "bank_case_files", "bank_from_nnunet_results",
            "build_candidate_bank", "build_case_candidates", "case_files", "classifier_inputs", "extra_case_files",

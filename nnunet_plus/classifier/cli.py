@@ -114,16 +114,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _device(name: str | None):
-    import torch
-
-    from nnunet_plus.classifier.inference import resolve_device
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_device(name)
-
-
 def bank_settings(args: argparse.Namespace):
     """The :class:`~nnunet_plus.classifier.bank_io.BankSettings` of the crop flags (unset flags: defaults)."""
     from nnunet_plus.classifier.bank_io import BankSettings
@@ -144,11 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nnunet_plus.classifier.splits import check_bank_for_fold, load_splits
     from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE
     from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
-    from nnunet_plus.classifier.validation import NNUNET_KEY, PLUS_KEY
-    from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
+    from nnunet_plus.classifier.fold_validation import NNUNET_KEY, PLUS_KEY
+    from nnunet_plus.paths import PathError, dataset_name, nnunet_folder, resolve_device
 
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         settings = TrainerSettings(epochs=args.epochs, batch_patients=args.batch_patients, learning_rate=args.lr,
                                    class_weight_power=args.class_weight_power, warm_start_l2=args.warm_start_l2,
                                    preset=args.preset, fusion=args.fusion, seed=args.seed,

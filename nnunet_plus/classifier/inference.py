@@ -28,11 +28,12 @@ import torch
 from nnunet_plus.classifier.bank_io import BankSettings
 from nnunet_plus.classifier.checkpoint import check_compatible, load_checkpoint
 from nnunet_plus.classifier.model import PLUSClassifier, candidate_features
-from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, DecisionRule, load_rule
-from nnunet_plus.paths import trained_folds
+from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
+from nnunet_plus.decision_rule import DecisionRule
+from nnunet_plus.paths import resolve_device, trained_folds
 from nnunet_plus.schema import LesionSchema
 
-__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "patient_probabilities", "resolve_device"]
+__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "patient_probabilities"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ def classifier_folder(dataset: str | int, configuration: str, *, trainer: str = 
 
     return nnunet_folder("nnUNet_results") / dataset_name(dataset) / \
         f"PLUSClassifier__{trainer}__{plans}__{configuration}"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device`` of ``"cpu"``, ``"cuda"`` (``"cuda:1"``) or ``"mps"``; ValueError when it is not available."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but PyTorch sees no CUDA GPU; use -device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but the MPS backend is not available; use -device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be cpu, cuda or mps, got {device}")
-    return device
 
 
 @dataclass

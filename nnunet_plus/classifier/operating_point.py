@@ -1,25 +1,8 @@
 """The second stage's decision rule (operating point), fitted on out-of-fold validation.
 
-Guard: the second stage only helps or steps aside. Its candidates are nnU-Net's own f = 1 lesions (tier
-``"confident"``) and the f = 4 lesions touching none of them (``"suspicious"``, see
-:func:`nnunet_plus.case_analysis.merge_candidates`). From the PLUS probabilities ``p`` of a candidate
-(``(L + 1,)``: the lesion types in ``schema.lesions`` order, then "not a lesion") and nnU-Net's class ``k``
-of it, a :class:`DecisionRule` decides:
-
-* a confident candidate is **rejected** when ``p[not a lesion] > reject_confident``;
-* a kept confident candidate takes the PLUS type ``j`` instead of ``k`` only when PLUS leads by more than
-  ``relabel_margin``: ``p[j] - p[k]`` when ``j`` and ``k`` are in the same group, else the group masses'
-  difference ``P(group of j) - P(group of k)``;
-* a suspicious candidate is **reported** when ``1 - p[not a lesion] > accept_suspicious``, with type ``j``.
-
-The PLUS type ``j`` is decided group first (``groups``: the malignant and the benign class indices; a type in
-neither is a group of its own): the group with the largest summed probability, then its most probable type.
-Whether a lesion is malignant is the decision the diagnosis rests on, so it is taken on the whole malignant
-mass: a candidate with hcc 0.19, icc 0.25, metastasis 0.12 (malignant 0.56) and cyst 0.30 is malignant, where
-the plain ``argmax`` would call it a cyst and the patient benign. Without ``groups`` ``j = argmax p[:L]``.
-
-The identity rule (every threshold 1: nothing rejected, relabelled or added) reports exactly nnU-Net's f = 1
-lesions with nnU-Net's classes, whatever the network says. :func:`fit_rule` searches a fixed grid of the three
+The rule itself (:class:`~nnunet_plus.decision_rule.DecisionRule`: which candidates are reported, with which
+type; the identity reports exactly nnU-Net's f = 1 lesions) is in :mod:`nnunet_plus.decision_rule`.
+:func:`fit_rule` searches a fixed grid of the three
 numbers for the best ``objective`` (default lesion F1) on the classifier folds' validation cases, where the
 network never saw the patients, the way nnU-Net chooses its post-processing from cross-validation. The network
 must earn the change: a rule is kept only when it beats **strictly** both the identity and nnU-Net's own f = 4
@@ -46,7 +29,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,14 +36,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "DecisionRule", "FittedRule",
-           "apply_rule", "fit_rule", "group_first_type", "load_rule", "save_rule"]
+from nnunet_plus.decision_rule import DecisionRule
+
+__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "FittedRule", "fit_rule",
+           "load_rule", "save_rule"]
 
 logger = logging.getLogger(__name__)
 
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
-#: the quantities fit_rule can maximise (keys of bank_metrics.score_cases)
+#: the quantities fit_rule can maximise (keys of rule_scores.score_cases)
 OBJECTIVES = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1")
 #: scores a rule may not lower on the validation cases, whatever the objective (n/a counts as lowest)
 GUARDED_SCORES = ("malignant_f1", "benign_f1")
@@ -71,99 +55,6 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "relabel_margin": (0.0, 0.1, 0.2, 0.3, 0.5, 1.0),
     "accept_suspicious": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 }
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """Thresholds of the decision rule (module docstring); the defaults are the identity."""
-
-    reject_confident: float = 1.0
-    relabel_margin: float = 1.0
-    accept_suspicious: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"decision rule: {name} must be a number in [0, 1], got {value!r}")
-
-    @property
-    def is_identity(self) -> bool:
-        """True when the rule reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes."""
-        return self.reject_confident >= 1.0 and self.relabel_margin >= 1.0 and self.accept_suspicious >= 1.0
-
-    def describe(self) -> str:
-        if self.is_identity:
-            return "identity (nnU-Net alone: every f=1 lesion kept with nnU-Net's class, no suspicious candidate)"
-        return (f"reject a confident candidate when p(not a lesion) > {self.reject_confident:g}; change its type "
-                f"when the PLUS type leads nnU-Net's by > {self.relabel_margin:g}; report a suspicious candidate "
-                f"when p(lesion) > {self.accept_suspicious:g}")
-
-
-def _group_of(num_types: int, groups: Sequence[Sequence[int]] | None) -> np.ndarray:
-    """(L,) group number of each type: ``groups`` (malignant, benign class indices) first, any other type alone."""
-    group_of = np.arange(num_types)
-    for number, members in enumerate(groups or ()):
-        for t in members:
-            if 0 <= int(t) < num_types:
-                group_of[int(t)] = num_types + number
-    return group_of
-
-
-def group_first_type(probabilities: np.ndarray, groups: Sequence[Sequence[int]] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """``(type (N,) int64, group mass (N, L) float64)`` of PLUS ``probabilities`` ((N, L + 1)): the most probable
-    type inside the group with the largest summed probability (module docstring); ``mass[:, t]`` is the summed
-    probability of the group of type ``t``. Types in no group, and all of them without ``groups``, are their
-    own group. Ties go to the lowest index."""
-    p = np.asarray(probabilities, dtype=np.float64)[:, :-1]
-    group_of = _group_of(p.shape[1], groups)
-    mass = np.zeros_like(p)
-    for g in np.unique(group_of):
-        inside = group_of == g
-        mass[:, inside] = p[:, inside].sum(axis=1, keepdims=True)
-    chosen_group = group_of[np.argmax(mass, axis=1)]  # the largest group mass (its lowest type on ties)
-    inside_chosen = np.where(group_of[None, :] == chosen_group[:, None], p, -np.inf)
-    return np.argmax(inside_chosen, axis=1).astype(np.int64), mass
-
-
-def apply_rule(rule: DecisionRule, probabilities: np.ndarray, *, tier: np.ndarray,
-               nnunet_class: np.ndarray, groups: Sequence[Sequence[int]] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """``(reported (N,) bool, class (N,) int64)`` of one case's candidates.
-
-    Parameters
-    ----------
-    probabilities : (N, L + 1) PLUS probabilities (lesion types, then "not a lesion").
-    tier : (N,) 0 = confident (an f = 1 lesion), 1 = suspicious.
-    nnunet_class : (N,) nnU-Net's class index of each candidate (in ``[0, L]``; used for confident ones).
-    groups : the malignant and the benign class indices (the PLUS type is decided group first; module
-        docstring), or None (plain argmax).
-
-    A rejected candidate gets class ``L``.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 2:
-        raise ValueError(f"probabilities must be (N, L + 1), got shape {p.shape}")
-    n, not_a_lesion = p.shape[0], p.shape[1] - 1
-    tier = np.asarray(tier).reshape(-1)
-    nnunet_class = np.asarray(nnunet_class, dtype=np.int64).reshape(-1)
-    if tier.shape != (n,) or nnunet_class.shape != (n,):
-        raise ValueError(f"need one tier and one nnU-Net class per candidate ({n}), got {tier.shape} and "
-                         f"{nnunet_class.shape}")
-    confident = tier == 0
-    if rule.is_identity:  # exact, whatever the probabilities (NaN included)
-        return confident.copy(), np.where(confident, nnunet_class, not_a_lesion).astype(np.int64)
-    best, mass = group_first_type(p, groups)
-    own = np.clip(nnunet_class, 0, not_a_lesion - 1)
-    rows = np.arange(n)
-    group_of = _group_of(not_a_lesion, groups)
-    lead = np.where(group_of[best] == group_of[own], p[rows, best] - p[rows, own], mass[rows, best] - mass[rows, own])
-    relabel = (nnunet_class >= not_a_lesion) | (lead > rule.relabel_margin)
-    confident_class = np.where(relabel, best, nnunet_class)
-    reported = np.where(confident, ~(p[:, not_a_lesion] > rule.reject_confident),
-                        (1.0 - p[:, not_a_lesion]) > rule.accept_suspicious)
-    classes = np.where(confident, confident_class, best)
-    return reported, np.where(reported, classes, not_a_lesion).astype(np.int64)
 
 
 @dataclass
@@ -227,7 +118,7 @@ def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, gr
     """``(rule, its scores, identity scores, network-free scores)``: the grid rule with the best ``objective``
     among those that lower no :data:`GUARDED_SCORES`; the identity unless it beats strictly both the identity
     and nnU-Net's f=4 answer."""
-    from nnunet_plus.classifier.bank_metrics import score_cases
+    from nnunet_plus.classifier.rule_scores import score_cases
 
     identity = DecisionRule()
     identity_scores = score_cases(banks, tables, rule=identity, **options)
@@ -254,7 +145,7 @@ def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, gr
 def _held_out(banks: Sequence, tables: Sequence[np.ndarray], case_folds: Sequence, labels: Sequence, *,
               objective: str, grid: Mapping, options: Mapping) -> dict:
     """Per fold label: the rule fitted on the other folds' cases and its / the identity's objective on this fold."""
-    from nnunet_plus.classifier.bank_metrics import score_cases
+    from nnunet_plus.classifier.rule_scores import score_cases
 
     result = {}
     for label in labels:
@@ -312,7 +203,7 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
 
 def save_rule(fitted: FittedRule, path: str | os.PathLike) -> Path:
     """Write the fitted rule as JSON (atomic)."""
-    from nnunet_plus.schema import write_json_atomic
+    from nnunet_plus.atomic import write_json_atomic
 
     path = Path(path)
     write_json_atomic(path, fitted.to_json())

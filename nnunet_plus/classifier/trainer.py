@@ -12,7 +12,7 @@ depend on ``(seed, epoch, patient)`` (:mod:`nnunet_plus.classifier.data`), so re
 as the uninterrupted run would (bitwise on CPU).
 
 After each epoch the validation patients are scored (loss, and on the bank arrays: lesion F1 and patient
-malignant / benign F1 of the refinement rule, :mod:`nnunet_plus.classifier.bank_metrics`).
+malignant / benign F1 of the refinement rule, :mod:`nnunet_plus.classifier.rule_scores`).
 ``checkpoint_best.pth`` keeps the epoch with the best validation **lesion F1** (``best_metric``; ties keep the
 earlier epoch): lesion F1 is the headline PLUS is meant to raise, and it moves with every candidate decision,
 whereas patient F1 on a few dozen validation patients changes in steps of one patient. ``patient_f1`` can be
@@ -20,7 +20,7 @@ chosen instead. At the end ``checkpoint_final.pth`` is written (what inference u
 a new training always replaces it), the decision rule is fitted on the validation cases
 (:mod:`nnunet_plus.classifier.operating_point`: ``fold_k/operating_point.json`` for this fold and
 ``operating_point.json`` beside the folds, pooled over every finished fold's validation cases) and the final
-model is evaluated end to end with the fold's rule (:mod:`nnunet_plus.classifier.validation`):
+model is evaluated end to end with the fold's rule (:mod:`nnunet_plus.classifier.fold_validation`):
 ``validation/summary.json`` compares nnU-Net alone with nnU-Net + PLUS on the validation cases. The rule was
 chosen on these same cases, so that comparison is in-sample for the rule's three thresholds (out-of-sample for
 the network); held-out figures come from ``nnunet_plus_evaluate`` on test cases (benchmarks/bench_efficacy.py).
@@ -45,15 +45,15 @@ import torch
 from tqdm import tqdm
 
 from nnunet_plus.classifier.bank_io import BankSettings, read_bank_metadata
-from nnunet_plus.classifier.bank_metrics import NETWORK_RULE, nnunet_lesion_metrics, score_cases
+from nnunet_plus.classifier.rule_scores import NETWORK_RULE, nnunet_lesion_metrics, score_cases
 from nnunet_plus.classifier.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from nnunet_plus.classifier.data import Augmentation, CandidateDataset, PatientBatch, collate_patients
-from nnunet_plus.classifier.inference import resolve_device
 from nnunet_plus.classifier.loss import DEFAULT_DISTILL_WEIGHT, inverse_frequency_weights, plus_loss
 from nnunet_plus.classifier.model import PLUSClassifier, prior_distribution
-from nnunet_plus.classifier.operating_point import (OBJECTIVES, OPERATING_POINT_FILE, DecisionRule, FittedRule,
-                                                    fit_rule, save_rule)
+from nnunet_plus.classifier.operating_point import OBJECTIVES, OPERATING_POINT_FILE, FittedRule, fit_rule, save_rule
 from nnunet_plus.classifier.warm_start import DEFAULT_L2, fit_description_term
+from nnunet_plus.decision_rule import DecisionRule
+from nnunet_plus.paths import resolve_device
 from nnunet_plus.schema import LesionSchema
 
 __all__ = ["BEST_METRICS", "CANDIDATE_TABLES_FILE", "PLUSClassifierTrainer", "TrainerSettings",
@@ -88,7 +88,7 @@ class TrainerSettings:
     seed : seeds the network initialisation, the epoch order and the augmentation.
     flip_p, intensity_scale, intensity_shift : crop augmentation (:class:`~nnunet_plus.classifier.data.Augmentation`).
     best_metric : ``"lesion_f1"`` (default) or ``"patient_f1"`` for checkpoint_best (scored with the network's own
-        answer, :data:`~nnunet_plus.classifier.bank_metrics.NETWORK_RULE`).
+        answer, :data:`~nnunet_plus.classifier.rule_scores.NETWORK_RULE`).
     objective : what the operating point maximises on the validation cases (``"lesion_f1"``, ``"malignant_f1"``,
         ``"benign_f1"``, ``"patient_f1"``).
     save_every : write checkpoint_latest every this many epochs.
@@ -475,7 +475,7 @@ class PLUSClassifierTrainer:
     def final_validation(self) -> dict:
         """Evaluate the current (final) model end to end on the validation cases: ``validation/summary.json``."""
         from nnunet_plus.classifier.inference import PLUSInference
-        from nnunet_plus.classifier.validation import NNUNET_KEY, PLUS_KEY, evaluate_classifier
+        from nnunet_plus.classifier.fold_validation import NNUNET_KEY, PLUS_KEY, evaluate_classifier
         from nnunet_plus.evaluation.summary import format_comparison
 
         inference = PLUSInference([self.model], schema=self.schema,

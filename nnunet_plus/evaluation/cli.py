@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
-from nnunet_plus.schema import LesionSchema, SchemaError, write_json_atomic
+from nnunet_plus.schema import LesionSchema, SchemaError
+from nnunet_plus.atomic import write_json_atomic
 
 PROG = "nnunet_plus_evaluate"
 DEFAULT_SUMMARY_NAME = "nnunet_plus_summary.json"

@@ -45,7 +45,8 @@ from nnunet_plus.phantom.anatomy import MIN_FOV_MM, MIN_SHAPE
 from nnunet_plus.phantom.case import render_case
 from nnunet_plus.phantom.cohort import CaseSpec, plan_cohort
 from nnunet_plus.phantom.lesions import LESION_TYPES
-from nnunet_plus.schema import SCHEMA_KEY, build_schema, write_json_atomic
+from nnunet_plus.schema import SCHEMA_KEY, build_schema
+from nnunet_plus.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -76,17 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str | None):
+    """:func:`nnunet_plus.paths.resolve_device`; on the CPU, every core for torch's threads."""
     import torch
 
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("-device cuda was asked for but torch sees no CUDA GPU; use -device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("-device mps was asked for but torch sees no MPS device; use -device cpu")
-    if name == "cpu":
+    from nnunet_plus.paths import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
-    return torch.device(name)
+    return device
 
 
 def _schema_for_plug_and_play(args):
@@ -108,7 +106,7 @@ def _schema_for_plug_and_play(args):
 def _run_plug_and_play(args, device) -> object:
     from nnunet_plus.classifier.inference import classifier_folder
     from nnunet_plus.predict.plug_and_play import run_plug_and_play
-    from nnunet_plus.predict.refine import CaseRefiner
+    from nnunet_plus.refine import CaseRefiner
 
     schema, num_channels = _schema_for_plug_and_play(args)
     classifier = None

@@ -92,7 +92,7 @@ import numpy as np
 
 from nnunet_plus.atomic import atomic_path
 from nnunet_plus.integrity import IncompleteFileError
-from nnunet_plus.predict.inputs import Geometry
+from nnunet_plus.image_io import Geometry
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)
@@ -508,7 +508,7 @@ class DicomRequest:
 
 
 def write_case_dicom(output_folder: str | Path, result, schema: LesionSchema, request: DicomRequest) -> None:
-    """The hook of the predict runs (a :class:`~nnunet_plus.predict.refine.CaseResult`): DICOM outputs of one case;
+    """The hook of the predict runs (a :class:`~nnunet_plus.refine.CaseResult`): DICOM outputs of one case;
     a :class:`DicomOutputError` is logged as a warning naming the case (the other outputs are still written)."""
     try:
         write_dicom_outputs(output_folder, result.case, result.label_map, result.instances, result.record,

@@ -29,9 +29,11 @@ import SimpleITK as sitk
 
 from nnunet_plus import image_io
 from nnunet_plus.atomic import atomic_path
-from nnunet_plus.predict.inputs import Geometry, InputError
-from nnunet_plus.predict.refine import CaseResult
-from nnunet_plus.schema import LesionSchema, write_json_atomic
+from nnunet_plus.image_io import Geometry
+from nnunet_plus.predict.inputs import InputError
+from nnunet_plus.refine import CaseResult
+from nnunet_plus.schema import LesionSchema
+from nnunet_plus.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

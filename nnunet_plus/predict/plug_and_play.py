@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_plus.predict.inputs import (CaseInput, Geometry, InputError, check_output_folder, discover_cases,
-                                        image_to_array, prepare_output_folder, read_case, read_sitk)
-from nnunet_plus.predict.refine import CaseRefiner
+from nnunet_plus.image_io import Geometry
+from nnunet_plus.predict.inputs import (CaseInput, InputError, check_output_folder, discover_cases, image_to_array,
+                                        prepare_output_folder, read_case, read_sitk)
+from nnunet_plus.refine import CaseRefiner
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 from nnunet_plus.safe_load import load_properties
 

@@ -10,7 +10,7 @@ Python API (the CLI ``nnunet_plus_predict`` is a thin wrapper)::
     result = predictor.predict_case(image, geometry, case="ct_001")        # CaseResult (label maps + JSON)
 
 Per case the nnU-Net logits are resampled to the original geometry and turned into probabilities in memory
-(what nnU-Net's export does), handed to :class:`~nnunet_plus.predict.refine.CaseRefiner` (post-processing,
+(what nnU-Net's export does), handed to :class:`~nnunet_plus.refine.CaseRefiner` (post-processing,
 classifier, decision rule documented there) and written; the full-resolution softmax is written only with
 ``save_probabilities``. Without a classifier (``use_classifier=False`` or none trained) the nnU-Net prior
 is the lesion probability.
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder, trained_folds
-from nnunet_plus.predict.inputs import (Geometry, InputError, check_output_folder, discover_cases,
-                                        prepare_output_folder, read_case)
-from nnunet_plus.predict.refine import CaseRefiner, CaseResult
+from nnunet_plus.image_io import Geometry
+from nnunet_plus.predict.inputs import (InputError, check_output_folder, discover_cases, prepare_output_folder,
+                                        read_case)
+from nnunet_plus.refine import CaseRefiner, CaseResult
 from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 from nnunet_plus.safe_load import check_checkpoint
 from nnunet_plus.schema import LesionSchema

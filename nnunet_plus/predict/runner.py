@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from nnunet_plus.predict.outputs import (RUN_INFO, case_paths, check_output_names, is_case_done, write_case,
                                          write_label_descriptions, write_probabilities, write_tables)
-from nnunet_plus.predict.refine import CaseResult
-from nnunet_plus.schema import LesionSchema, write_json_atomic
+from nnunet_plus.refine import CaseResult
+from nnunet_plus.schema import LesionSchema
+from nnunet_plus.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from nnunet_plus.classifier.bank_io import load_case_bank
-from nnunet_plus.classifier.bank_metrics import score_cases
-from nnunet_plus.classifier.operating_point import (DecisionRule, apply_rule, fit_rule, load_rule, save_rule)
+from nnunet_plus.classifier.rule_scores import score_cases
+from nnunet_plus.decision_rule import DecisionRule, apply_rule
+from nnunet_plus.classifier.operating_point import fit_rule, load_rule, save_rule
 
 HCC, CYST, NOT = 0, 1, 2
 CLASSES = {"malignant_classes": [HCC], "benign_classes": [CYST]}
@@ -197,7 +198,7 @@ def test_held_out_check_is_skipped_with_a_single_fold(cls_project):
 
 def test_type_is_decided_group_first():
     """Malignant vs benign is decided on the summed group probability, then the type inside the group."""
-    from nnunet_plus.classifier.operating_point import group_first_type
+    from nnunet_plus.decision_rule import group_first_type
 
     # types: hcc, icc, metastasis (malignant), hemangioma, cyst (benign), calcification (no group); then "not"
     groups = [[0, 1, 2], [3, 4]]

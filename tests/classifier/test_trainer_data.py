@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnunet_plus.classifier.bank_io import load_case_bank, read_bank_metadata
-from nnunet_plus.classifier.bank_metrics import NETWORK_RULE, case_lesion_counts, nnunet_lesion_metrics, score_cases
+from nnunet_plus.classifier.rule_scores import NETWORK_RULE, case_lesion_counts, nnunet_lesion_metrics, score_cases
 from nnunet_plus.classifier.data import Augmentation, CandidateDataset, augment_patient, collate_patients
 
 HCC, CYST, NOT = 0, 1, 2

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from nnunet_plus.classifier.bank_io import read_bank_metadata
-from nnunet_plus.classifier.bank_metrics import score_cases
+from nnunet_plus.classifier.rule_scores import score_cases
 from nnunet_plus.classifier.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_plus.classifier.cli import main
 from nnunet_plus.classifier.data import CandidateDataset
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
 from nnunet_plus.classifier.trainer import CANDIDATE_TABLES_FILE, load_candidate_tables
 from nnunet_plus.evaluation.summary import summarize
-from nnunet_plus.validation import validate_folder
+from nnunet_plus.nnunet_validation import validate_folder
 
 
 def test_one_epoch_writes_checkpoints_progress_and_summary(trained_folds):

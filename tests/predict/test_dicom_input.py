@@ -19,8 +19,9 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid  # noqa: E402
 
+from nnunet_plus.image_io import Geometry  # noqa: E402
 from nnunet_plus.predict import cli  # noqa: E402
-from nnunet_plus.predict.inputs import (Geometry, InputError, discover_cases, read_case, read_sitk,  # noqa: E402
+from nnunet_plus.predict.inputs import (InputError, discover_cases, read_case, read_sitk,  # noqa: E402
                                         set_series_uids)
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -17,9 +17,10 @@ hd = pytest.importorskip("highdicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
+from nnunet_plus.image_io import Geometry  # noqa: E402
 from nnunet_plus.predict import dicom_out  # noqa: E402
-from nnunet_plus.predict.inputs import Geometry, read_sitk  # noqa: E402
-from nnunet_plus.predict.refine import CaseResult  # noqa: E402
+from nnunet_plus.predict.inputs import read_sitk  # noqa: E402
+from nnunet_plus.refine import CaseResult  # noqa: E402
 from nnunet_plus.schema import build_schema  # noqa: E402
 
 SHAPE = (8, 16, 16)  # z, y, x

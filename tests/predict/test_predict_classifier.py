@@ -16,8 +16,8 @@ import torch
 from nnunet_plus.classifier.bank_io import BankSettings
 from nnunet_plus.classifier.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 from nnunet_plus.classifier.model import PLUSClassifier
-from nnunet_plus.classifier.operating_point import (OPERATING_POINT_FILE, DecisionRule, FittedRule, apply_rule,
-                                                    load_rule, save_rule)
+from nnunet_plus.decision_rule import DecisionRule, apply_rule
+from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, FittedRule, load_rule, save_rule
 from nnunet_plus.schema import LesionSchema, build_schema
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_plus.predict.inputs import Geometry, InputError, discover_cases, read_case, split_image_name
+from nnunet_plus.image_io import Geometry
+from nnunet_plus.predict.inputs import (InputError, discover_cases, read_case, split_image_name)
 
 
 def _volume(seed: int = 0, shape=(5, 12, 10)) -> np.ndarray:

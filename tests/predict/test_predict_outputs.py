@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from nnunet_plus.predict.inputs import Geometry
+from nnunet_plus.image_io import Geometry
 from nnunet_plus.predict.outputs import (atomic_path, build_tables, is_case_done, label_colors, write_image,
                                          write_label_descriptions, write_tables)
-from nnunet_plus.schema import build_schema, write_json_atomic
+from nnunet_plus.schema import build_schema
+from nnunet_plus.atomic import write_json_atomic
 
 SCHEMA = build_schema({"background": 0, "liver": 1, "hcc": 2, "cyst": 3})
 

@@ -36,7 +36,7 @@ def write_nifti(array: np.ndarray, path: Path) -> Path:
 def from_segmentation(source: Path, output: Path, *, images: Path | None = None, **options):
     """``nnunet_plus_predict --from-segmentation source -o output [-i images] --no-classifier`` in-process."""
     from nnunet_plus.predict.plug_and_play import run_plug_and_play
-    from nnunet_plus.predict.refine import CaseRefiner
+    from nnunet_plus.refine import CaseRefiner
 
     return run_plug_and_play(source, output, mode="segmentation", refiner=CaseRefiner(SCHEMA), images_folder=images,
                              num_processes=0, progress=False, **options)
@@ -107,7 +107,7 @@ def faults(monkeypatch) -> Iterator[SimpleNamespace]:
 def model_grid() -> SimpleNamespace:
     """``model_grid.predictor``: what :meth:`PLUSPredictor.check_resampling` reads of a loaded model (target
     spacing 4 x 1.5 x 1.5 mm, z-y-x); ``model_grid.geometry(spacing_xyz)``: a 16 x 16 x 8 (x, y, z) image."""
-    from nnunet_plus.predict.inputs import Geometry
+    from nnunet_plus.image_io import Geometry
 
     predictor = SimpleNamespace(nnunet=SimpleNamespace(
         plans_manager=SimpleNamespace(transpose_forward=[0, 1, 2]),

@@ -46,7 +46,7 @@ def _probabilities(cohort, case: str, *, crafted: bool) -> tuple:
 
 def _run(cohort, folder, **options):
     from nnunet_plus.predict.plug_and_play import run_plug_and_play
-    from nnunet_plus.predict.refine import CaseRefiner
+    from nnunet_plus.refine import CaseRefiner
 
     return run_plug_and_play(folder, cohort.root / "out", mode="probabilities", refiner=CaseRefiner(cohort.schema),
                              num_processes=0, progress=False, **options)
@@ -92,7 +92,7 @@ def test_trust_pickle_flag(tmp_path):
 
 
 def test_validation_export_pkl_never_runs_code(tmp_path):
-    from nnunet_plus.validation import load_softmax_export
+    from nnunet_plus.nnunet_validation import load_softmax_export
 
     marker = tmp_path / "code_ran"
     np.savez_compressed(tmp_path / "case.npz", probabilities=np.zeros((2, 2, 2, 2), np.float32))

@@ -21,7 +21,7 @@ from nnunet_plus.predict.outputs import is_case_done
 
 _WRITE_NOISE = textwrap.dedent("""
     import numpy as np
-    from nnunet_plus.predict.inputs import Geometry
+    from nnunet_plus.image_io import Geometry
     from nnunet_plus.predict.outputs import write_image
     geometry = Geometry((64, 64, 16), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     noise = np.random.default_rng(0).integers(-1000, 1000, (16, 64, 64)).astype(np.int16)

@@ -12,7 +12,7 @@ import pytest
 
 from nnunet_plus.evaluation.folder import evaluate_folders
 from nnunet_plus.schema import LesionSchema, SchemaError
-from nnunet_plus.validation import ALL_TIERS, CONFIDENT, CASE_SUFFIX, SUMMARY_FILE
+from nnunet_plus.nnunet_validation import ALL_TIERS, CONFIDENT, CASE_SUFFIX, SUMMARY_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {"lesion_level", "per_class", "malignant_group", "benign_group", "patient_level", "froc", "dice",

@@ -11,7 +11,7 @@ How the reported lesions are decided
 * **with the classifier**: the candidates are nnU-Net's f = 1 lesions (tier ``"confident"``) and the lesions
   of the *highest* sensitivity that touch none of them (``"suspicious"``; ``analyse_case``). Their PLUS
   probabilities (lesion types + ``not_a_lesion``, fold ensemble) go through the classifier's fitted decision
-  rule (:func:`nnunet_plus.classifier.operating_point.apply_rule`: which confident lesions are rejected or
+  rule (:func:`nnunet_plus.decision_rule.apply_rule`: which confident lesions are rejected or
   retyped, which suspicious ones are reported). Its ``probability`` is the PLUS probability of its class.
   With the identity rule (no rule beat nnU-Net alone on validation, or none was fitted) the reported lesions,
   their classes and the label map are exactly nnU-Net alone's, and the patient probabilities stay LiverMax.
@@ -32,8 +32,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.classifier.operating_point import apply_rule
-from nnunet_plus.predict.inputs import Geometry
+from nnunet_plus.decision_rule import apply_rule
+from nnunet_plus.image_io import Geometry
 from nnunet_plus.schema import LesionSchema
 
 NOT_A_LESION = "not_a_lesion"

@@ -2,7 +2,7 @@
 
 For every validation case the raw image and reference labels (nnU-Net raw dataset) and the case's
 out-of-fold softmax (the file the candidate bank was built from) are read again, and the refinement rule of
-:mod:`nnunet_plus.predict.refine` (:class:`~nnunet_plus.predict.refine.CaseRefiner`, the code of
+:mod:`nnunet_plus.refine` (:class:`~nnunet_plus.refine.CaseRefiner`, the code of
 ``nnunet_plus_predict``) produces the two predictions:
 
 * **nnU-Net alone** (``"nnunet"``): the lesions at the first (confident, f=1) sensitivity with nnU-Net's
@@ -33,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_plus.integrity import check_complete
-from nnunet_plus.schema import LesionSchema, write_json_atomic
+from nnunet_plus.schema import LesionSchema
+from nnunet_plus.atomic import write_json_atomic
 
 __all__ = ["NNUNET_KEY", "PLUS_KEY", "SUMMARY_FILE", "evaluate_classifier"]
 
@@ -51,7 +52,7 @@ def _load_case(case: str, raw_dataset_dir: Path, dataset_json: Mapping, entry: M
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     from nnunet_plus.classifier.bank import bank_case_files
-    from nnunet_plus.predict.inputs import Geometry
+    from nnunet_plus.image_io import Geometry
 
     softmax_file = Path(entry["softmax"])
     images, label = bank_case_files(raw_dataset_dir, dataset_json, case, entry)
@@ -95,7 +96,7 @@ def evaluate_classifier(inference, cases: Sequence[str], *, bank_metadata: Mappi
     """
     from nnunet_plus.evaluation.case import evaluate_case
     from nnunet_plus.evaluation.summary import compare_summaries, format_comparison, summarize
-    from nnunet_plus.predict.refine import CaseRefiner
+    from nnunet_plus.refine import CaseRefiner
 
     raw_dataset_dir, output_folder = Path(raw_dataset_dir), Path(output_folder)
     dataset_json = json.loads((raw_dataset_dir / "dataset.json").read_text())

@@ -1,4 +1,4 @@
-"""The refinement rule (nnunet_plus.predict.refine) on a hand-made softmax, with and without a classifier.
+"""The refinement rule (nnunet_plus.refine) on a hand-made softmax, with and without a classifier.
 
 Softmax (background, liver, hcc, cyst) on a 6 x 20 x 20 grid, spacing 2 x 1 x 1 mm:
   liver everywhere in [0:6, 1:19, 1:19] (liver 0.9, background 0.1), background 0.9 / liver 0.1 elsewhere;
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nnunet_plus.classifier.operating_point import DecisionRule
-from nnunet_plus.predict.inputs import Geometry
-from nnunet_plus.predict.refine import CaseRefiner
+from nnunet_plus.decision_rule import DecisionRule
+from nnunet_plus.image_io import Geometry
+from nnunet_plus.refine import CaseRefiner
 from nnunet_plus.schema import build_schema
 
 SCHEMA = build_schema({"background": 0, "liver": 1, "hcc": 2, "cyst": 3})

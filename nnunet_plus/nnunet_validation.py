@@ -30,8 +30,9 @@ from nnunet_plus.evaluation.case import evaluate_case
 from nnunet_plus.evaluation.summary import format_patient_table, summarize
 from nnunet_plus.image_io import read_image
 from nnunet_plus.postprocessing.seg2det import seg2det
-from nnunet_plus.safe_load import load_properties
-from nnunet_plus.schema import LesionSchema, write_json_atomic
+from nnunet_plus.safe_load import load_properties, load_softmax
+from nnunet_plus.schema import LesionSchema
+from nnunet_plus.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,7 @@ def load_softmax_export(npz_file: Path) -> tuple[np.ndarray, dict]:
     if not pkl_file.is_file():
         raise FileNotFoundError(f"{pkl_file} is missing (nnU-Net writes it beside {npz_file.name}); rerun the "
                                 "validation with `nnUNetv2_train ... --val --npz`")
-    with np.load(npz_file, allow_pickle=False) as data:
-        probabilities = data["probabilities"]
-    properties = load_properties(pkl_file)
-    if not np.isfinite(probabilities).all():
-        raise ValueError(f"{npz_file} holds NaN or infinite probabilities; rerun the validation")
-    return probabilities, properties
+    return load_softmax(npz_file), load_properties(pkl_file)
 
 
 def confident_label_map(label_maps: np.ndarray, instances: np.ndarray, suspicious_ids: Sequence[int]) -> np.ndarray:

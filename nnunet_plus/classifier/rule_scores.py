@@ -1,8 +1,8 @@
 """Lesion- and patient-level scores of classifier decisions computed on candidate-bank arrays (no volumes).
 
 The trainer scores every epoch with these, cheaply, and :func:`~nnunet_plus.classifier.operating_point.fit_rule`
-scores every rule of its grid: a :class:`~nnunet_plus.classifier.operating_point.DecisionRule` (the rule of
-:mod:`nnunet_plus.predict.refine`) applied to the bank's candidates (its ``tier`` and ``base_class``), then the matching of
+scores every rule of its grid: a :class:`~nnunet_plus.decision_rule.DecisionRule` (the rule of
+:mod:`nnunet_plus.refine`) applied to the bank's candidates (its ``tier`` and ``base_class``), then the matching of
 :func:`~nnunet_plus.postprocessing.match.match_lesions` ("overlap" criterion: one-to-one assignment
 maximising the shared voxels, among the reported candidates and the reference lesions) replayed on the
 bank's stored ``overlap`` table. Reference lesions below ``min_volume_mm3`` are ignored as in
@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from nnunet_plus.classifier.bank_io import CaseBank
-from nnunet_plus.classifier.operating_point import DecisionRule, apply_rule
+from nnunet_plus.decision_rule import DecisionRule, apply_rule
 from nnunet_plus.evaluation.metrics import binary_metrics, lesion_metrics, mean_or_none
 
 __all__ = ["NETWORK_RULE", "case_lesion_counts", "nnunet_lesion_metrics", "score_cases"]
