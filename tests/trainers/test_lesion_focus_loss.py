@@ -74,17 +74,15 @@ def test_needs_a_lesion_channel():
         LesionUnionLoss(ZeroLoss(), [])
 
 
-def test_trainer_builds_the_recipe_and_trains_on_the_tiny_dataset(tiny_model_env):
+def test_trainer_builds_the_recipe_and_trains_on_the_tiny_dataset(tiny_model_env, monkeypatch):
     """nnU-Net builds nnUNetTrainerPLUS_lesionFocus from the plugin folder; its loss wraps LesionUnionLoss
     around nnU-Net's Dice + CE (lesion CE weight, batch Dice), its optimiser is AdamW, and real train steps
     on nnU-Net's data loader give finite losses."""
-    import os
-
     from nnunetv2.run.run_training import get_trainer_from_args
 
     from nnunet_plus.trainers.nnUNetTrainerPLUS_lesionFocus import ADAM_LR, LESION_CE_WEIGHT
 
-    os.environ["nnUNet_n_proc_DA"] = "0"
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     trainer = get_trainer_from_args(str(tiny_model_env.dataset_id), tiny_model_env.configuration, 0,
                                     "nnUNetTrainerPLUS_lesionFocus", tiny_model_env.plans, device=torch.device("cpu"))
     trainer.on_train_start()
