@@ -13,7 +13,7 @@ Per seed S, in ``--workdir/seed_S`` (kept: a rerun continues where it stopped):
    fitted on the out-of-fold tables with the project's operating point (same guard as PLUS: the identity,
    i.e. nnU-Net alone, unless a rule strictly beats it), applied to the test cases. The test cases'
    candidates come from ``nnunet_plus_predict --no-classifier --save_probabilities`` (same folds, same options
-   as the demo's predictions) and :func:`~nnunet_plus.classifier.bank.build_case_candidates`; the reference
+   as the demo's predictions) and :func:`~nnunet_plus.classifier.candidate_arrays.build_case_candidates`; the reference
    labels only score them.
 
 Metrics on the test cases (``docs/evaluation.md``: overlap criterion, no minimum volume, as the demo
@@ -146,8 +146,9 @@ def build_test_banks(demo, meta: dict, schema, out_dir: Path) -> list:
     import numpy as np
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    from nnunet_plus.classifier.bank import build_case_candidates
-    from nnunet_plus.classifier.bank_io import BankSettings, load_case_bank, save_case_bank
+    from nnunet_plus.classifier.candidate_arrays import build_case_candidates
+    from nnunet_plus.classifier.bank_io import load_case_bank, save_case_bank
+    from nnunet_plus.classifier.bank_settings import BankSettings
 
     dataset_json = json.loads((demo.dataset_raw / "dataset.json").read_text())
     ending = dataset_json["file_ending"]

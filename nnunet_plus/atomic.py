@@ -7,12 +7,15 @@ keeps its mode, and a read-only file is never replaced. Before the rename the te
 type (:func:`nnunet_plus.integrity.check_complete`: gzip stream / NIfTI size, JSON, PNG, npz), because some
 writers do not raise when a write fails (SimpleITK's NIfTI writer on a full disk or past a file-size limit
 leaves a truncated file and returns normally).
+
+Folders written in a hidden staging folder are swapped into place whole by :func:`replace_folder`.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import stat
 import time
 import uuid
@@ -100,3 +103,27 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the finished folder ``staging`` onto ``target`` (both in the same file system), so that ``target``
+    is always either the previous folder whole or the new one whole.
+
+    An existing ``target`` (or a symlink there) is first renamed aside to a hidden ``.<name>.old-<32 hex
+    digits>`` beside it; when the rename of ``staging`` then fails, the previous ``target`` is put back and the
+    error raised. After a successful swap the previous folder is removed (a symlink: the link alone)."""
+    staging, target = Path(staging), Path(target)
+    if not (target.exists() or target.is_symlink()):
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)  # put the previous folder back
+        raise
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)

@@ -38,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.atomic import atomic_path, write_json_atomic
+from nnunet_plus.classifier.trainer.fold_files import fold_complete, read_skipped
 from nnunet_plus.paths import resolve_device, trainers_path
 
 DATASET_ID = 990
@@ -65,8 +66,6 @@ CLASSIFIER_EPOCHS = {"cpu": 5, "cuda": 30}
 CLASSIFIER_OPTIONS = {"cpu": ["--lr", "1e-3", "--class-weight-power", "0.5"], "cuda": []}
 CLASSIFIER_PRESETS = {"cpu": "tiny", "cuda": "paper"}
 TIMINGS_FILE = "demo_timings.json"
-#: what nnunet_plus_train_classifier writes into a fold's validation/ after checkpoint_final (the step's end)
-CLASSIFIER_VALIDATION_FILES = ("summary.json", "comparison.txt", "overview.png")
 #: what nnunet_plus_evaluate --baseline --plots writes into the evaluation folder (the plots last)
 EVALUATION_FILES = ("summary.json", "summary_baseline.json", "summary_comparison.json", "plots/confusion_matrix.png",
                     "plots/froc.png", "plots/per_class.png", "plots/overview.png")
@@ -267,25 +266,22 @@ class Demo:
         return marker.read_text().strip() if marker.is_file() else None
 
     def train_classifier(self, fold: int) -> None:
-        """Train the fold's classifier; when nnU-Net found no lesion candidate to learn from, record why in
-        ``classifier_skipped.txt`` (the demo then reports nnU-Net alone) instead of failing."""
+        """Train the fold's classifier; when nnU-Net found no lesion candidate to learn from (the command then
+        writes ``fold_k/skipped.json`` and fails), record why in ``classifier_skipped.txt`` (the demo then reports
+        nnU-Net alone) instead of failing."""
         try:
             self._train_classifier(fold)
         except DemoError:
-            from nnunet_plus.classifier.trainer import NO_CANDIDATE_ERROR  # torch: imported only on failure
-
-            log = self.logs / f"classifier_fold{fold}.log"
-            reason = next((line.strip() for line in log.read_text().splitlines()
-                           if NO_CANDIDATE_ERROR in line), None) if log.is_file() else None
+            reason = read_skipped(self.classifier_folder / f"fold_{fold}")
             if reason is None:
                 raise
-            (self.workdir / CLASSIFIER_SKIPPED_FILE).write_text(reason + "\n")
+            with atomic_path(self.workdir / CLASSIFIER_SKIPPED_FILE) as tmp:
+                tmp.write_text(reason + "\n")
             print(f"=== PLUS classifier skipped: {reason}", flush=True)
 
     def _classifier_trained(self, fold: int) -> bool:
-        folder = self.classifier_folder / f"fold_{fold}"
-        return (folder / "checkpoint_final.pth").is_file() and \
-            all((folder / "validation" / name).is_file() for name in CLASSIFIER_VALIDATION_FILES)
+        """The fold's last classifier run finished (its ``history.json`` says done, the command's last write)."""
+        return fold_complete(self.classifier_folder / f"fold_{fold}")
 
     def _train_classifier(self, fold: int) -> None:
         # --c: from checkpoint_latest, or (checkpoint_final: killed after the training) the operating point and the

@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 from typing import Protocol
 
+from nnunet_plus.atomic import atomic_path
+from nnunet_plus.classifier.trainer.fold_files import read_history
 from nnunet_plus.evaluation.summary import format_comparison, format_lesion_table
-
 
 
 class DemoRun(Protocol):
@@ -28,22 +29,34 @@ class DemoRun(Protocol):
     predictions: Path
     evaluation: Path
 
+
 REPORT_FILE = "report.md"
 MAX_OVERLAYS = 4
-#: training-loss lines of nnU-Net's training_log_*.txt and of the PLUS classifier's
+#: training-loss lines of nnU-Net's training_log_*.txt (nnU-Net writes no per-epoch JSON; the PLUS classifier's
+#: losses come from its fold's history.json)
 _NNUNET_LOSS = re.compile(r"train_loss (-?\d+(?:\.\d+)?)")
-_CLASSIFIER_LOSS = re.compile(r"epoch \d+: lr \S+, train loss (-?\d+(?:\.\d+)?)")
 
 
 def _relative(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
 
-def _loss_first_last(fold_folder: Path, pattern: re.Pattern) -> str:
-    """"first -> last" training loss over the fold's training logs (oldest first), or "n/a"."""
-    values = [float(m.group(1)) for log in sorted(fold_folder.glob("training_log*.txt"))
-              for m in pattern.finditer(log.read_text())]
+def _first_last(values: list[float]) -> str:
+    """"first -> last (N epochs)", or "n/a" without values."""
     return f"{values[0]:.3f} -> {values[-1]:.3f} ({len(values)} epochs)" if values else "n/a"
+
+
+def _nnunet_loss(fold_folder: Path) -> str:
+    """nnU-Net's training loss, first -> last, over the fold's training logs (oldest first)."""
+    return _first_last([float(m.group(1)) for log in sorted(fold_folder.glob("training_log*.txt"))
+                        for m in _NNUNET_LOSS.finditer(log.read_text())])
+
+
+def _classifier_loss(fold_folder: Path) -> str:
+    """The PLUS classifier's training loss, first -> last, from the fold's history.json."""
+    history = read_history(fold_folder) or {}
+    return _first_last([float(r["train_total"]) for r in history.get("history", [])
+                        if r.get("train_total") is not None])
 
 
 def _percent(value) -> str:
@@ -60,7 +73,7 @@ def _learning_table(demo: DemoRun) -> list[str]:
             lesion = json.loads(summary.read_text())["tiers"]["confident"]["lesion_level"]
             result = (f"f = 1 lesion F1 {_percent(lesion['f1'])}, recall {_percent(lesion['recall'])}, found "
                       f"regardless of type {_percent(lesion['recall_rough'])}")
-        loss = _loss_first_last(fold_folder, _NNUNET_LOSS)
+        loss = _nnunet_loss(fold_folder)
         lines.append(f"| nnU-Net | {fold_folder.name} | {loss} | {result} |")
     for fold_folder in sorted(demo.classifier_folder.glob("fold_*")):
         summary = fold_folder / "validation" / "summary.json"
@@ -70,7 +83,7 @@ def _learning_table(demo: DemoRun) -> list[str]:
             alone, plus = data["nnunet"]["lesion_level"], data["nnunet+plus"]["lesion_level"]
             result = (f"lesion F1 {_percent(alone['f1'])} (nnU-Net alone) -> {_percent(plus['f1'])} (+ PLUS), "
                       f"precision {_percent(alone['precision'])} -> {_percent(plus['precision'])}")
-        lines.append(f"| PLUS classifier | {fold_folder.name} | {_loss_first_last(fold_folder, _CLASSIFIER_LOSS)} "
+        lines.append(f"| PLUS classifier | {fold_folder.name} | {_classifier_loss(fold_folder)} "
                      f"| {result} |")
     return lines
 
@@ -146,7 +159,6 @@ def write_report(demo: DemoRun) -> Path:
     lines += [f"| {step} | {seconds} |" for step, seconds in demo.timings.items()]
     lines.append(f"| **total** | {sum(demo.timings.values()):.1f} |")
     report = demo.workdir / REPORT_FILE
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(report)
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return report

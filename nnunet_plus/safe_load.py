@@ -109,13 +109,13 @@ def load_softmax(npz_file: str | os.PathLike) -> np.ndarray:
     npz_file = Path(npz_file)
     try:
         with np.load(npz_file, allow_pickle=False) as data:
-            if "probabilities" not in data.files:
-                raise ValueError(f"{npz_file} has no 'probabilities' array (keys {data.files}); it is not an nnU-Net "
-                                 "softmax export")
-            probabilities = data["probabilities"]
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
+            keys = data.files
+            probabilities = data["probabilities"] if "probabilities" in keys else None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # ValueError: a pickled / object array
         raise ValueError(f"{npz_file} cannot be read as nnU-Net probabilities (truncated or corrupt file: "
                          f"{error}); export it again") from None
+    if probabilities is None:
+        raise ValueError(f"{npz_file} has no 'probabilities' array (keys {keys}); it is not an nnU-Net softmax export")
     if probabilities.ndim != 4:
         raise ValueError(f"{npz_file}: 'probabilities' must be (C, Z, Y, X), got shape {probabilities.shape}")
     if not np.isfinite(probabilities).all():

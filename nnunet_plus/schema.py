@@ -41,6 +41,13 @@ DEFAULT_SENSITIVITIES: tuple[float, ...] = (1.0, 4.0)
 #: Suspicious candidates kept per case: bounds the classifier's work when an under-trained model's f=4 map
 #: breaks into thousands of specks (benchmarks/RESULTS.md, "Stage one on the phantom").
 DEFAULT_MAX_SUSPICIOUS = 50
+#: Default of :attr:`LesionSchema.min_lesion_volume_mm3`: no detection is dropped for its size.
+DEFAULT_MIN_LESION_VOLUME_MM3 = 0.0
+#: Default size limit of the evaluation (``nnunet_plus_evaluate --min-volume``, :mod:`nnunet_plus.evaluation`):
+#: reference lesions smaller than this (cm3) are ignored, as the cascaded paper excludes lesions < 0.5 cm3. A
+#: separate quantity from :attr:`LesionSchema.min_lesion_volume_mm3` (which drops small detections, default 0):
+#: the validations run during training pass the schema's value instead.
+MIN_REFERENCE_VOLUME_CM3 = 0.5
 
 
 class SchemaError(ValueError):
@@ -76,7 +83,7 @@ class LesionSchema:
     benign: tuple[str, ...]
     priority: tuple[str, ...]
     sensitivities: tuple[float, ...] = DEFAULT_SENSITIVITIES
-    min_lesion_volume_mm3: float = 0.0
+    min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3
     max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS
     dataset_id: str | int | None = field(default=None, compare=False)
 
@@ -210,7 +217,7 @@ class LesionSchema:
             benign=tuple(block["benign"]),
             priority=tuple(block.get("priority", lesions)),
             sensitivities=tuple(float(f) for f in block.get("sensitivities", DEFAULT_SENSITIVITIES)),
-            min_lesion_volume_mm3=float(block.get("min_lesion_volume_mm3", 0.0)),
+            min_lesion_volume_mm3=float(block.get("min_lesion_volume_mm3", DEFAULT_MIN_LESION_VOLUME_MM3)),
             max_suspicious_per_case=block.get("max_suspicious_per_case", DEFAULT_MAX_SUSPICIOUS),
             dataset_id=dataset_id,
         )
@@ -219,7 +226,8 @@ class LesionSchema:
 def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",),
                  lesions: Sequence[str] | None = None, malignant: Sequence[str] | None = None,
                  benign: Sequence[str] | None = None, priority: Sequence[str] | None = None,
-                 sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES, min_lesion_volume_mm3: float = 0.0,
+                 sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
+                 min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
                  max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS,
                  dataset_id: str | int | None = None) -> LesionSchema:
     """Build a schema, filling defaults from the nine PLUS lesion types.

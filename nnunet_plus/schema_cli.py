@@ -9,8 +9,8 @@ from pathlib import Path
 
 from nnunet_plus.atomic import check_replaceable
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
-from nnunet_plus.schema import (DEFAULT_MAX_SUSPICIOUS, SchemaError, build_schema, read_dataset_json,
-                                 write_schema)
+from nnunet_plus.schema import (DEFAULT_MAX_SUSPICIOUS, DEFAULT_MIN_LESION_VOLUME_MM3, SchemaError, build_schema,
+                                 read_dataset_json, write_schema)
 
 
 def dataset_json_paths(dataset: str | int) -> list[Path]:
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--priority", nargs="+", help="classifyPatient priority, highest first")
     parser.add_argument("--sensitivities", nargs="+", type=float, default=[1.0, 4.0],
                         help="multi-sensitivity factors (default: 1 4)")
-    parser.add_argument("--min-volume-mm3", type=float, default=0.0, help="drop smaller detections")
+    parser.add_argument("--min-volume-mm3", type=float, default=DEFAULT_MIN_LESION_VOLUME_MM3,
+                        help="drop smaller detections (default: %(default)s)")
     parser.add_argument("--max-suspicious", type=int, default=DEFAULT_MAX_SUSPICIOUS,
                         help="suspicious candidates kept per case, most probable first; 0 = all "
                              f"(default {DEFAULT_MAX_SUSPICIOUS})")

@@ -5,6 +5,10 @@ voxel, the cascaded paper) or ``"dice:T"`` (Dice > T, PLAN uses 0.2). Among them
 maximising the total number of shared voxels is chosen (``scipy.optimize.linear_sum_assignment``). A matched
 pair with the same label is a true positive (TP), with different labels a false label (FL); unmatched
 predictions are false positives (FP), unmatched references false negatives (FN).
+
+:func:`match_overlaps` is that matching on an overlap table (rows of :func:`overlap_table`: reference id,
+predicted id, shared voxels); :func:`match_lesions` builds the table from two instance maps, and the
+classifier's rule scores replay it on the table stored in a candidate bank.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Collection, Iterable, Mapping
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["MatchResult", "assign_tiers", "match_lesions", "overlap_table"]
+__all__ = ["MatchResult", "assign_one_to_one", "assign_tiers", "match_lesions", "match_overlaps", "overlap_table"]
 
 
 @dataclass
@@ -115,6 +119,62 @@ def _sizes(instances: np.ndarray) -> np.ndarray:
     return np.bincount(_lesion_ids(instances), minlength=1)
 
 
+def assign_one_to_one(reference_ids: np.ndarray, predicted_ids: np.ndarray, shared: np.ndarray
+                      ) -> list[tuple[int, int]]:
+    """The one-to-one assignment of reference to predicted lesions maximising the total shared voxels.
+
+    ``reference_ids``, ``predicted_ids``, ``shared`` : (m,) rows of candidate pairs, as :func:`overlap_table`
+    returns them. Returns the chosen (reference id, predicted id) pairs with shared voxels > 0, sorted by
+    reference id (``scipy.optimize.linear_sum_assignment`` on the reference x predicted weight matrix).
+    """
+    refs = np.asarray(reference_ids, dtype=np.int64).reshape(-1).tolist()
+    if not refs:
+        return []
+    preds = np.asarray(predicted_ids, dtype=np.int64).reshape(-1).tolist()
+    rows, cols = sorted(set(refs)), sorted(set(preds))  # plain Python: far faster than np.unique on small tables
+    row_of = {r: i for i, r in enumerate(rows)}
+    col_of = {p: j for j, p in enumerate(cols)}
+    weight = np.zeros((len(rows), len(cols)))
+    weight[[row_of[r] for r in refs], [col_of[p] for p in preds]] = np.asarray(shared).reshape(-1)
+    chosen_rows, chosen_cols = linear_sum_assignment(weight, maximize=True)
+    return sorted((rows[r], cols[c]) for r, c in zip(chosen_rows, chosen_cols) if weight[r, c] > 0)
+
+
+def match_overlaps(reference_ids: np.ndarray, predicted_ids: np.ndarray, shared: np.ndarray,
+                   reference_labels: Mapping[int, int], predicted_labels: Mapping[int, int], *,
+                   ignored_reference_ids: Collection[int] = (), eligible: np.ndarray | None = None) -> MatchResult:
+    """One-to-one matching of reference and predicted lesions from their overlap table.
+
+    Parameters
+    ----------
+    reference_ids, predicted_ids, shared : (m,) rows of overlapping pairs (:func:`overlap_table`).
+    reference_labels, predicted_labels : id -> lesion label of every lesion to count; the TP / FL / FP / FN
+        lists are drawn from these ids (a predicted id absent here takes no part; give only its rows).
+    ignored_reference_ids : reference lesions not counted: they take no part in the assignment, and a
+        prediction left unmatched that overlaps one of them (any row) is not a false positive.
+    eligible : optional (m,) bool, the rows passing the match criterion (e.g. Dice > T); default all.
+    """
+    ref_ids = np.asarray(reference_ids, dtype=np.int64).reshape(-1)
+    pred_ids = np.asarray(predicted_ids, dtype=np.int64).reshape(-1)
+    shared = np.asarray(shared).reshape(-1)
+    ignored = {int(i) for i in ignored_reference_ids}
+    on_ignored = np.zeros(ref_ids.size, dtype=bool)
+    if ignored:  # a set lookup per row: far faster than np.isin on small tables
+        on_ignored[:] = [r in ignored for r in ref_ids.tolist()]
+    near_ignored = set(pred_ids[on_ignored].tolist())
+    usable = ~on_ignored if eligible is None else ~on_ignored & np.asarray(eligible, dtype=bool)
+    pairs = assign_one_to_one(ref_ids[usable], pred_ids[usable], shared[usable])
+
+    matched_refs = {r for r, _ in pairs}
+    matched_preds = {p for _, p in pairs}
+    tp = [(r, p) for r, p in pairs if reference_labels[r] == predicted_labels[p]]
+    fl = [(r, p) for r, p in pairs if reference_labels[r] != predicted_labels[p]]
+    fp = sorted(p for p in predicted_labels if p not in matched_preds and p not in near_ignored)
+    fn = sorted(r for r in reference_labels if r not in matched_refs and r not in ignored)
+    return MatchResult(pairs=pairs, tp=tp, fl=fl, fp=fp, fn=fn, reference_labels=dict(reference_labels),
+                       predicted_labels=dict(predicted_labels))
+
+
 def match_lesions(reference_instances: np.ndarray, reference_labels: Mapping[int, int],
                   predicted_instances: np.ndarray, predicted_labels: Mapping[int, int], *,
                   criterion: str = "overlap", ignored_reference_ids: Collection[int] = ()) -> MatchResult:
@@ -133,7 +193,6 @@ def match_lesions(reference_instances: np.ndarray, reference_labels: Mapping[int
     threshold = _parse_criterion(criterion)
     reference_labels = {int(k): int(v) for k, v in reference_labels.items()}
     predicted_labels = {int(k): int(v) for k, v in predicted_labels.items()}
-    ignored = {int(i) for i in ignored_reference_ids}
     ref_ids, pred_ids, shared = overlap_table(reference_instances, predicted_instances)
     ref_sizes, pred_sizes = _sizes(reference_instances), _sizes(predicted_instances)
     for name, sizes, labels in (("reference", ref_sizes, reference_labels),
@@ -141,31 +200,11 @@ def match_lesions(reference_instances: np.ndarray, reference_labels: Mapping[int
         missing = sorted(set(np.flatnonzero(sizes[1:]) + 1) - set(labels))
         if missing:
             raise ValueError(f"{name} lesion id(s) {missing[:10]} have no entry in {name}_labels")
-
-    near_ignored = set(pred_ids[np.isin(ref_ids, list(ignored))].tolist())
-    usable = ~np.isin(ref_ids, list(ignored))
+    eligible = None
     if threshold is not None:
-        dice = 2.0 * shared / (ref_sizes[ref_ids] + pred_sizes[pred_ids])
-        usable &= dice > threshold
-    ref_ids, pred_ids, shared = ref_ids[usable], pred_ids[usable], shared[usable]
-
-    pairs: list[tuple[int, int]] = []
-    if ref_ids.size:
-        rows, row_index = np.unique(ref_ids, return_inverse=True)
-        cols, col_index = np.unique(pred_ids, return_inverse=True)
-        weight = np.zeros((rows.size, cols.size))
-        weight[row_index, col_index] = shared
-        chosen_rows, chosen_cols = linear_sum_assignment(weight, maximize=True)
-        pairs = sorted((int(rows[r]), int(cols[c])) for r, c in zip(chosen_rows, chosen_cols) if weight[r, c] > 0)
-
-    matched_refs = {r for r, _ in pairs}
-    matched_preds = {p for _, p in pairs}
-    tp = [(r, p) for r, p in pairs if reference_labels[r] == predicted_labels[p]]
-    fl = [(r, p) for r, p in pairs if reference_labels[r] != predicted_labels[p]]
-    fp = sorted(p for p in predicted_labels if p not in matched_preds and p not in near_ignored)
-    fn = sorted(r for r in reference_labels if r not in matched_refs and r not in ignored)
-    return MatchResult(pairs=pairs, tp=tp, fl=fl, fp=fp, fn=fn, reference_labels=reference_labels,
-                       predicted_labels=predicted_labels)
+        eligible = 2.0 * shared / (ref_sizes[ref_ids] + pred_sizes[pred_ids]) > threshold
+    return match_overlaps(ref_ids, pred_ids, shared, reference_labels, predicted_labels,
+                          ignored_reference_ids=ignored_reference_ids, eligible=eligible)
 
 
 def assign_tiers(confident_instances: np.ndarray, suspicious_instances: np.ndarray) -> dict[int, str]:

@@ -1,9 +1,8 @@
 """seg2det (cascaded paper, §III-A): from a label map to lesion instances with per-lesion properties.
 
-A lesion is a connected component of the union of all lesion labels (not one class at a time). The
-paper's connectivity ("paper") labels 8-connected components in every axial slice and links components of
-neighbouring slices that share at least one (y, x) pixel; this equals a 3D structuring element made of the
-full 3x3 in-plane neighbourhood plus the two (z +- 1, same y, x) neighbours. 6 / 18 / 26 are also offered.
+A lesion is a connected component of the union of all lesion labels (not one class at a time), found by
+:func:`~nnunet_plus.postprocessing.components.lesion_components` ("paper" connectivity: 2D components linked
+across slices; 6 / 18 / 26 are also offered).
 
 Everything runs in vectorised passes over the list of lesion voxels (found once, inside the bounding box
 of all lesion voxels); no per-lesion pass over the volume. The longest axial diameter uses the fact that
@@ -16,11 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import cc3d
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components as graph_components
 
+from nnunet_plus.postprocessing.components import lesion_components, normalise_connectivity
 from nnunet_plus.postprocessing.multi_sensitivity import is_torch_tensor
 
 __all__ = ["Detections", "RECORD_KEYS", "label_mask", "seg2det"]
@@ -31,7 +28,6 @@ RECORD_KEYS: tuple[str, ...] = (
     "bbox", "centroid_voxel", "centroid_world", "hu_mean", "hu_std", "hu_min", "hu_max", "prior",
     "max_probability",
 )
-_CONNECTIVITIES = ("paper", 6, 18, 26)
 
 
 @dataclass
@@ -82,74 +78,6 @@ def label_mask(label_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
         for gap in gaps:
             target &= source != gap
     return mask
-
-
-def _normalise_connectivity(connectivity: str | int) -> str | int:
-    value = connectivity
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if value not in _CONNECTIVITIES:
-        raise ValueError(f"connectivity must be one of {_CONNECTIVITIES}, got {connectivity!r}")
-    return value
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Slices of the smallest box holding every True voxel; None for an empty mask."""
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return None
-    plane = mask[zs[0]:zs[-1] + 1].any(axis=0)
-    ys = np.flatnonzero(plane.any(axis=1))
-    xs = np.flatnonzero(plane.any(axis=0))
-    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
-
-
-def _components(mask: np.ndarray, connectivity: str | int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Connected components of a C-contiguous boolean (z, y, x) mask.
-
-    Returns the flat indices of the mask voxels (raster order), their component ids (1..n, numbered in
-    raster order of each component's first voxel, like ``scipy.ndimage.label``) and n.
-    """
-    flat = np.flatnonzero(mask)
-    if 2 * mask.size < 2 ** 31:
-        flat = flat.astype(np.int32)            # halves the memory traffic of everything downstream
-    original_flat = flat
-    mask = mask.view(np.uint8)      # cc3d is much faster on uint8 than on bool
-    if connectivity != "paper":
-        labels, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
-        return flat, labels.reshape(-1)[flat], int(n)
-    depth, height, width = mask.shape
-    # 2D 8-connected components of every slice at once: the slices stacked as one 2D image, which needs an
-    # empty row between consecutive slices so that nothing connects across them (seg2det's crop keeps one)
-    if mask[:, 0].any() and mask[:, -1].any():
-        padded = np.zeros((depth, height + 1, width), dtype=np.uint8)
-        padded[:, :height] = mask
-        flat = flat + (flat // (height * width)) * width
-        mask, height = padded, height + 1
-    plane = height * width
-    labels2d, n2d = cc3d.connected_components(mask.reshape(depth * height, width), connectivity=8,
-                                              return_N=True)
-    labels2d = labels2d.reshape(-1)
-    ids2d = labels2d[flat]
-    # link 2D components that share a pixel in consecutive slices. Two overlapping x-runs (maximal runs of
-    # voxels along x) of slices z and z + 1 overlap at the start of one of them, so testing the pixel above
-    # and below every run start finds every link
-    run_start = np.ones(flat.size, dtype=bool)
-    run_start[1:] = (np.diff(flat) != 1) | (flat[1:] % width == 0)
-    starts = flat[run_start]
-    start_ids = ids2d[run_start]
-    up = starts < (depth - 1) * plane
-    up_ids = labels2d[starts[up] + plane]
-    down = starts >= plane
-    down_ids = labels2d[starts[down] - plane]
-    rows = np.concatenate((start_ids[up], start_ids[down]))
-    cols = np.concatenate((up_ids, down_ids))
-    linked = cols != 0
-    rows, cols = rows[linked].astype(np.int64), cols[linked].astype(np.int64)
-    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n2d + 1, n2d + 1)).tocsr()
-    # components are numbered in order of their smallest node; node 0 (background) is alone -> 0
-    n_graph, component = graph_components(graph, directed=False)
-    return original_flat, component[ids2d], int(n_graph - 1)
 
 
 def _gather(volume, flat_index: np.ndarray, coords: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
@@ -263,7 +191,7 @@ def seg2det(label_map: np.ndarray, lesion_labels: Sequence[int], *, priority: Se
     """
     label_map = np.asarray(label_map)
     lesions, order = _check_inputs(label_map, lesion_labels, priority, probabilities, image, spacing)
-    connectivity = _normalise_connectivity(connectivity)
+    connectivity = normalise_connectivity(connectivity)
     if not min_volume_mm3 >= 0:
         raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
     spacing = tuple(float(s) for s in spacing)
@@ -271,38 +199,69 @@ def seg2det(label_map: np.ndarray, lesion_labels: Sequence[int], *, priority: Se
     if image is not None and image.ndim == 4:
         image = image[0]
 
-    shape = label_map.shape
-    instances = np.zeros(shape, dtype=np.int32)
-    mask = label_mask(label_map, lesions)
-    box = _bounding_box(mask)
-    if box is None:
+    instances = np.zeros(label_map.shape, dtype=np.int32)
+    found = lesion_components(label_mask(label_map, lesions), connectivity)
+    if found is None:
         return Detections(instances, [])
-    if connectivity == "paper":     # keep one empty row of the volume in the crop (see _components)
-        rows = box[1]
-        if rows.stop < shape[1]:
-            box = (box[0], slice(rows.start, rows.stop + 1), box[2])
-        elif rows.start > 0:
-            box = (box[0], slice(rows.start - 1, rows.stop), box[2])
-    crop = np.ascontiguousarray(mask[box])
-    flat, ids, n = _components(crop, connectivity)
+    box, crop_shape, flat, ids, n = found
     counts = np.bincount(ids, minlength=n + 1)[1:]
     if min_volume_mm3 > 0:
-        kept = counts * voxel_volume >= min_volume_mm3
-        if not kept.all():
-            renumber = np.zeros(n + 1, dtype=ids.dtype)
-            renumber[1:][kept] = np.arange(1, int(kept.sum()) + 1)
-            ids = renumber[ids]
-            keep = ids > 0
-            flat, ids, counts, n = flat[keep], ids[keep], counts[kept], int(kept.sum())
+        flat, ids, counts, n = _drop_small(flat, ids, counts, counts * voxel_volume >= min_volume_mm3)
     if n == 0:
         return Detections(instances, [])
 
-    # from here on every per-voxel array is sorted by lesion id (raster order within a lesion), so that
-    # per-lesion reductions are np.ufunc.reduceat over contiguous segments
+    voxels = _sort_by_lesion(flat, ids, counts, box, crop_shape, label_map.shape)
+    instances.reshape(-1)[voxels.full_flat] = voxels.ids
+    columns = _geometry_columns(voxels, spacing, origin, direction)
+    columns["label"] = _vote(voxels.ids, _gather(label_map, voxels.full_flat, voxels.coords), n, lesions, order)
+    if image is not None:
+        columns.update(_hu_columns(image, voxels))
+    if probabilities is not None:
+        columns.update(_probability_columns(probabilities, lesions, voxels))
+    values = {key: column.tolist() for key, column in columns.items()}   # arrays -> plain Python values
+    records = [{key: values[key][i] if key in values else None for key in RECORD_KEYS} for i in range(n)]
+    return Detections(instances, records)
+
+
+def _drop_small(flat: np.ndarray, ids: np.ndarray, counts: np.ndarray, kept: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(flat, ids, counts, n)`` of the lesions ``kept`` ((n,) bool), renumbered so that ids stay consecutive."""
+    if kept.all():
+        return flat, ids, counts, int(counts.size)
+    renumber = np.zeros(counts.size + 1, dtype=ids.dtype)
+    renumber[1:][kept] = np.arange(1, int(kept.sum()) + 1)
+    ids = renumber[ids]
+    keep = ids > 0
+    return flat[keep], ids[keep], counts[kept], int(kept.sum())
+
+
+@dataclass
+class _LesionVoxels:
+    """The lesion voxels sorted by lesion id (raster order within a lesion), so that per-lesion reductions
+    are ``np.ufunc.reduceat`` over contiguous segments.
+
+    flat : raster indices in the crop; ids : lesion ids; counts, starts : (n,) voxels and first position
+    of every lesion; local : (z, y, x) coordinates in the crop; coords : the same in the volume;
+    full_flat : raster indices in the volume (intp).
+    """
+
+    flat: np.ndarray
+    ids: np.ndarray
+    counts: np.ndarray
+    starts: np.ndarray
+    local: tuple[np.ndarray, np.ndarray, np.ndarray]
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray]
+    full_flat: np.ndarray
+
+
+def _sort_by_lesion(flat: np.ndarray, ids: np.ndarray, counts: np.ndarray, box: tuple[slice, slice, slice],
+                    crop_shape: tuple[int, int, int], shape: tuple[int, ...]) -> _LesionVoxels:
+    """The voxels of the components found in the crop ``box`` of a volume of ``shape``, sorted by lesion."""
+    n = counts.size
     order_by_id = np.argsort(ids.astype(np.uint16) if n < 2 ** 16 else ids, kind="stable")
     flat, ids = flat[order_by_id], ids[order_by_id]
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    _, c_height, c_width = crop.shape
+    _, c_height, c_width = crop_shape
     cz = flat // (c_height * c_width)
     rest = flat - cz * (c_height * c_width)
     cy = rest // c_width
@@ -311,57 +270,55 @@ def seg2det(label_map: np.ndarray, lesion_labels: Sequence[int], *, priority: Se
     coords = (cz + z0, cy + y0, cx + x0)
     # intp indices: numpy would convert int32 ones at every gather
     full_flat = (coords[0].astype(np.intp) * shape[1] + coords[1]) * shape[2] + coords[2]
-    instances.reshape(-1)[full_flat] = ids
+    return _LesionVoxels(flat, ids, counts, starts, (cz, cy, cx), coords, full_flat)
 
-    label_values = _gather(label_map, full_flat, coords)
-    winners = _vote(ids, label_values, n, lesions, order)
-    diameters = _axial_diameters(flat, starts, cz, cy, cx, spacing[1:])
+
+def _geometry_columns(voxels: _LesionVoxels, spacing: tuple[float, float, float], origin, direction
+                      ) -> dict[str, np.ndarray]:
+    """Record columns of the lesions' size and position: (n,) or (n, m) arrays keyed by record key."""
+    counts, starts, coords = voxels.counts, voxels.starts, voxels.coords
     centroid = np.stack([np.add.reduceat(c, starts, dtype=np.int64) / counts for c in coords], axis=1)  # z y x
-    world = _world(centroid, spacing, origin, direction)
     low = np.stack([np.minimum.reduceat(c, starts) for c in coords], axis=1)
     high = np.stack([np.maximum.reduceat(c, starts) for c in coords], axis=1) + 1
-
-    hu = None
-    if image is not None:
-        values = _gather(image, full_flat, coords)
-        hu_mean = np.add.reduceat(values, starts, dtype=np.float64) / counts
-        deviation = values - np.repeat(hu_mean, counts)
-        hu_std = np.sqrt(np.add.reduceat(deviation * deviation, starts) / counts)
-        hu = (hu_mean, hu_std, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts))
-
-    priors = max_probability = None
-    if probabilities is not None:
-        total = None
-        priors = np.empty((n, len(lesions)))
-        for j, label in enumerate(lesions):
-            values = _gather(probabilities[label], full_flat, coords)
-            priors[:, j] = np.add.reduceat(values, starts, dtype=np.float64) / counts
-            if total is None:
-                total = values.astype(np.result_type(values.dtype, np.float32))
-            else:
-                np.add(total, values, out=total)
-        max_probability = np.maximum.reduceat(total, starts)
-
-    volumes = counts * voxel_volume
-    columns = {                                   # (n,) or (n, m) arrays -> plain Python values
-        "id": np.arange(1, n + 1),
-        "label": winners,
+    volumes = counts * (spacing[0] * spacing[1] * spacing[2])
+    return {
+        "id": np.arange(1, counts.size + 1),
         "n_voxels": counts,
         "volume_mm3": volumes,
         "volume_cm3": volumes / 1000.0,
-        "axial_diameter_mm": diameters,
+        "axial_diameter_mm": _axial_diameters(voxels.flat, starts, *voxels.local, spacing[1:]),
         "sphere_diameter_mm": np.cbrt(6.0 * volumes / math.pi),
         "bbox": np.concatenate((low, high), axis=1),
         "centroid_voxel": centroid,
-        "centroid_world": world,
+        "centroid_world": _world(centroid, spacing, origin, direction),
     }
-    if hu is not None:
-        columns.update(zip(("hu_mean", "hu_std", "hu_min", "hu_max"), (c.astype(np.float64) for c in hu)))
-    if priors is not None:
-        columns.update(prior=priors, max_probability=max_probability.astype(np.float64))
-    values = {key: column.tolist() for key, column in columns.items()}
-    records = [{key: values[key][i] if key in values else None for key in RECORD_KEYS} for i in range(n)]
-    return Detections(instances, records)
+
+
+def _hu_columns(image, voxels: _LesionVoxels) -> dict[str, np.ndarray]:
+    """``hu_mean``, ``hu_std`` (population), ``hu_min``, ``hu_max`` of each lesion in the (Z, Y, X) ``image``."""
+    counts, starts = voxels.counts, voxels.starts
+    values = _gather(image, voxels.full_flat, voxels.coords)
+    hu_mean = np.add.reduceat(values, starts, dtype=np.float64) / counts
+    deviation = values - np.repeat(hu_mean, counts)
+    hu_std = np.sqrt(np.add.reduceat(deviation * deviation, starts) / counts)
+    hu = (hu_mean, hu_std, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts))
+    return dict(zip(("hu_mean", "hu_std", "hu_min", "hu_max"), (c.astype(np.float64) for c in hu)))
+
+
+def _probability_columns(probabilities, lesions: list[int], voxels: _LesionVoxels) -> dict[str, np.ndarray]:
+    """``prior`` (mean probability of each lesion label, (n, len(lesions))) and ``max_probability`` (largest
+    summed lesion probability of a voxel) of each lesion."""
+    counts, starts = voxels.counts, voxels.starts
+    total = None
+    priors = np.empty((counts.size, len(lesions)))
+    for j, label in enumerate(lesions):
+        values = _gather(probabilities[label], voxels.full_flat, voxels.coords)
+        priors[:, j] = np.add.reduceat(values, starts, dtype=np.float64) / counts
+        if total is None:
+            total = values.astype(np.result_type(values.dtype, np.float32))
+        else:
+            np.add(total, values, out=total)
+    return {"prior": priors, "max_probability": np.maximum.reduceat(total, starts).astype(np.float64)}
 
 
 def _vote(ids: np.ndarray, label_values: np.ndarray, n: int, lesions: list[int], order: list[int]) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""The candidate bank's file format: settings, one compressed ``.npz`` per case, ``bank.json``.
+"""The candidate bank's files: one compressed ``.npz`` per case and ``bank.json`` (writing, reading, checking).
 
 Storage: one ``<case>.npz`` (compressed npz as ``np.savez_compressed`` writes it, zlib level 1, written through a
-temp file + rename; :func:`save_case_bank`) per case and a
-``bank.json`` with the metadata (format version, schema, settings, channels, target spacing, case index).
+temp file + rename, :func:`nnunet_plus.atomic.atomic_path`; :func:`save_case_bank`) per case and a
+``bank.json`` with the metadata (format version, schema, settings, channels, target spacing, case index); the
+settings are :class:`~nnunet_plus.classifier.bank_settings.BankSettings`.
 Array keys of a case file (N candidates, L lesion classes, C image channels, R reference lesions,
 B nnU-Net f=1 lesions, M candidate/reference overlaps; class indices follow ``schema.lesions``):
 
@@ -49,18 +50,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.classifier.crops import (DEFAULT_CT_WINDOW, DEFAULT_LIVER_SHAPE, DEFAULT_ROI_CONTEXT,
-                                          DEFAULT_ROI_MIN_MM, LARGE_LESION_RULES, LIVER_FIT_MODES, NORMALISATIONS,
-                                          PAD_MODES, ROI_FOV_RULES, check_roi_context, default_roi_shape)
+from nnunet_plus.atomic import atomic_path
+from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.schema import LesionSchema
 
 BANK_FORMAT = "nnunet_plus.candidate_bank"
@@ -107,132 +106,6 @@ ARRAY_SPEC: dict[str, tuple[str, tuple]] = {
 class CandidateBankError(ValueError):
     """A bank file or an input of the bank build is missing, corrupt or inconsistent; the message says why."""
 
-# ---- settings ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BankSettings:
-    """How candidates are turned into classifier inputs (stored in ``bank.json``; a resumed build must match).
-
-    Attributes
-    ----------
-    roi_shape : lesion ROI voxels (z, y, x); default (``None``) by ``roi_fov``: ``(16, 32, 32)`` for
-        ``"lesion"``, ``(16, 64, 64)`` (the paper's 64x64x16 at the target spacing) for ``"fixed"``.
-    liver_shape : liver input voxels (z, y, x).
-    normalisation : ``"auto"`` (``"ct"`` for channels named CT in dataset.json, else ``"zscore"``), one of
-        ``"ct"`` / ``"zscore"`` / ``"none"``, or one per channel.
-    ct_window : HU window of ``"ct"`` normalisation, mapped to [-1, 1].
-    large_lesion, margin : ``roi_fov="fixed"`` only: large-lesion rule of the ROI (``"zoom"`` / ``"crop"``)
-        and its context margin.
-    mask_order : 1 = soft (linear) lesion mask, 0 = binary (nearest).
-    pad_mode : ``"constant"`` (the channel minimum after normalisation, i.e. air) or ``"edge"``.
-    liver_mode, liver_margin : ``"fit"`` (aspect kept) or ``"stretch"``, and the liver box margin.
-    criterion : candidate / reference matching criterion (``"overlap"`` or ``"dice:T"``).
-    connectivity : seg2det connectivity (``"paper"``, 6, 18, 26).
-    roi_fov : field-of-view rule of the lesion ROI (:mod:`nnunet_plus.classifier.crops`): ``"lesion"``
-        (default: a cube of side ``max(roi_min_mm, roi_context x`` the lesion's longest bounding-box side in
-        mm``)`` resampled to ``roi_shape``) or ``"fixed"`` (``roi_shape`` voxels at the target spacing).
-    roi_context, roi_min_mm : ``roi_fov="lesion"`` only: field of view / lesion extent (>= 1, default 2) and
-        the floor of the field of view in mm (default 32).
-
-    Compatibility: settings stored before ``roi_fov`` existed have no ``roi_fov`` key and mean ``"fixed"``
-    (:meth:`from_json`); ``"fixed"`` settings are stored in that same form (:meth:`to_json` leaves out the
-    three lesion-rule keys), so old banks and checkpoints compare equal to new ``"fixed"`` ones. The options
-    of the rule not chosen must keep their defaults (a ValueError otherwise: they would be ignored).
-    """
-
-    roi_shape: tuple[int, int, int] | None = None
-    liver_shape: tuple[int, int, int] = DEFAULT_LIVER_SHAPE
-    normalisation: str | tuple[str, ...] = "auto"
-    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
-    large_lesion: str = "zoom"
-    margin: float = 0.25
-    mask_order: int = 1
-    pad_mode: str = "constant"
-    liver_mode: str = "fit"
-    liver_margin: float = 0.05
-    criterion: str = "overlap"
-    connectivity: str | int = "paper"
-    roi_fov: str = "lesion"
-    roi_context: float = DEFAULT_ROI_CONTEXT
-    roi_min_mm: float = DEFAULT_ROI_MIN_MM
-
-    #: the rule of settings stored without a ``roi_fov`` key (banks and checkpoints made before it existed)
-    LEGACY_ROI_FOV: ClassVar[str] = "fixed"
-    #: options of each rule, which must keep their defaults under the other rule
-    RULE_OPTIONS: ClassVar[Mapping[str, tuple[str, ...]]] = {"lesion": ("roi_context", "roi_min_mm"),
-                                                             "fixed": ("large_lesion", "margin")}
-
-    def __post_init__(self) -> None:
-        if self.roi_fov not in ROI_FOV_RULES:
-            raise ValueError(f"roi_fov must be one of {ROI_FOV_RULES}, got {self.roi_fov!r}")
-        roi_shape = default_roi_shape(self.roi_fov) if self.roi_shape is None else self.roi_shape
-        object.__setattr__(self, "roi_shape", tuple(int(v) for v in roi_shape))
-        object.__setattr__(self, "liver_shape", tuple(int(v) for v in self.liver_shape))
-        object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
-        context, floor = check_roi_context(self.roi_context, self.roi_min_mm)
-        object.__setattr__(self, "roi_context", context)
-        object.__setattr__(self, "roi_min_mm", floor)
-        if not isinstance(self.normalisation, str):
-            object.__setattr__(self, "normalisation", tuple(str(v) for v in self.normalisation))
-        for name, shape in (("roi_shape", self.roi_shape), ("liver_shape", self.liver_shape)):
-            if len(shape) != 3 or min(shape) < 1:
-                raise ValueError(f"{name} must be three positive integers (z, y, x), got {shape}")
-        schemes = (self.normalisation,) if isinstance(self.normalisation, str) else self.normalisation
-        unknown = sorted(set(schemes) - set(NORMALISATIONS) - {"auto"})
-        if unknown or (len(schemes) > 1 and "auto" in schemes):
-            raise ValueError(f"normalisation must be 'auto' or per channel one of {NORMALISATIONS}, "
-                             f"got {self.normalisation!r}")
-        for name, value, allowed in (("large_lesion", self.large_lesion, LARGE_LESION_RULES),
-                                     ("pad_mode", self.pad_mode, PAD_MODES),
-                                     ("liver_mode", self.liver_mode, LIVER_FIT_MODES),
-                                     ("mask_order", self.mask_order, (0, 1))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.margin < 0 or self.liver_margin < 0:
-            raise ValueError("margin and liver_margin must be >= 0")
-        other = "fixed" if self.roi_fov == "lesion" else "lesion"
-        defaults = {f.name: f.default for f in fields(self)}
-        changed = [f"{name}={getattr(self, name)!r}" for name in self.RULE_OPTIONS[other]
-                   if getattr(self, name) != defaults[name]]
-        if changed:
-            verb = "are" if len(changed) > 1 else "is"
-            raise ValueError(f"{', '.join(changed)} {verb} only used by roi_fov={other!r} and would be ignored with "
-                             f"roi_fov={self.roi_fov!r}; keep the default or choose roi_fov={other!r}")
-
-    def crop_options(self) -> dict:
-        """The lesion-ROI keyword arguments of :func:`~nnunet_plus.classifier.crops.candidate_rois`."""
-        return {"roi_shape": self.roi_shape, "roi_fov": self.roi_fov, "roi_context": self.roi_context,
-                "roi_min_mm": self.roi_min_mm, "large_lesion": self.large_lesion, "margin": self.margin,
-                "pad_mode": self.pad_mode, "mask_order": self.mask_order}
-
-    def schemes(self, num_channels: int, channel_names: Sequence[str] | None = None) -> tuple[str, ...]:
-        """Per-channel normalisation; ``"auto"``: ``"ct"`` for channels named CT (or unnamed), else zscore."""
-        if self.normalisation == "auto":
-            if channel_names is None:
-                return ("ct",) * num_channels
-            return tuple("ct" if str(n).strip().lower() == "ct" else "zscore" for n in channel_names)
-        if isinstance(self.normalisation, str):
-            return (self.normalisation,) * num_channels
-        if len(self.normalisation) != num_channels:
-            raise ValueError(f"{len(self.normalisation)} normalisation schemes for {num_channels} channels")
-        return self.normalisation
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict; ``"fixed"`` settings leave out ``roi_fov`` and the lesion rule's options (the form
-        stored before they existed). Read it back with :meth:`from_json` (``BankSettings(**d)`` would take the
-        ``"lesion"`` default)."""
-        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        if self.roi_fov == self.LEGACY_ROI_FOV:
-            for key in ("roi_fov", *self.RULE_OPTIONS["lesion"]):
-                del out[key]
-        return out
-
-    @classmethod
-    def from_json(cls, block: Mapping) -> "BankSettings":
-        """Settings from :meth:`to_json`'s dict (unknown keys ignored); no ``roi_fov`` key means ``"fixed"``."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in block.items() if k in known}
-        values.setdefault("roi_fov", cls.LEGACY_ROI_FOV)
-        return cls(**values)
 
 # ---- one file -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -277,7 +150,8 @@ class CaseBank:
 
 
 def save_case_bank(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, *, compresslevel: int = 1) -> Path:
-    """Write one case's arrays to ``path`` through a temp file + rename.
+    """Write one case's arrays (keys of :data:`ARRAY_SPEC`) to ``path`` through a checked temp file + rename
+    (:func:`~nnunet_plus.atomic.atomic_path`).
 
     The file is a standard compressed ``.npz`` (what ``np.savez_compressed`` writes, readable with ``np.load``)
     at zlib level ``compresslevel`` (default 1: several times faster than savez_compressed's level 6 for a
@@ -287,21 +161,59 @@ def save_case_bank(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, *,
     missing = sorted(set(ARRAY_SPEC) - set(arrays))
     if missing:
         raise ValueError(f"cannot save {path.name}: missing array(s) {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_DEFLATED,
-                                 compresslevel=compresslevel) as archive:
-                for key in ARRAY_SPEC:
-                    with archive.open(f"{key}.npy", mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bank is shared like any result file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:  # the temp file keeps the .npz suffix: its zip members are checked
+        with zipfile.ZipFile(tmp, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+            for key in ARRAY_SPEC:
+                with archive.open(f"{key}.npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
     return path
+
+
+class _InvalidFile(Exception):
+    """One check of a bank file failed; the message is the reason (:func:`load_case_bank` adds file and fix)."""
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the npz ``path`` (read without pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise _InvalidFile(f"unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_keys_and_dtypes(arrays: Mapping[str, np.ndarray]) -> None:
+    """The keys of :data:`ARRAY_SPEC`, each with its dtype and number of dimensions."""
+    missing = sorted(set(ARRAY_SPEC) - set(arrays))
+    extra = sorted(set(arrays) - set(ARRAY_SPEC))
+    if missing or extra:
+        raise _InvalidFile(f"wrong keys (missing {missing}, unexpected {extra})")
+    for key, (dtype, template) in ARRAY_SPEC.items():
+        value = arrays[key]
+        ok = value.dtype.kind == "U" if dtype == "str" else value.dtype == np.dtype(dtype)
+        if not ok:
+            raise _InvalidFile(f"array {key!r} has dtype {value.dtype}, expected {dtype}")
+        ndim = sum(3 if isinstance(item, str) and item.startswith("*") else 1 for item in template)
+        if value.ndim != ndim:
+            raise _InvalidFile(f"array {key!r} has shape {value.shape}, expected {ndim} dimensions")
+
+
+def _dimensions(arrays: Mapping[str, np.ndarray], metadata: Mapping | None) -> dict[str, object]:
+    """The values of the shape symbols of :data:`ARRAY_SPEC` in this file, checked against ``metadata``."""
+    liver = arrays["liver"]
+    dims = {"N": arrays["target"].shape[0], "L": arrays["patient_types"].shape[0], "C": liver.shape[0],
+            "C1": liver.shape[0] + 1, "R": arrays["ref_class"].shape[0], "B": arrays["base_det_class"].shape[0],
+            "M": arrays["overlap"].shape[0], "roi": arrays["crops"].shape[2:], "liver": liver.shape[1:]}
+    if metadata is not None:
+        settings = metadata["settings"]
+        expected = {"L": int(metadata["num_lesion_classes"]), "C": int(metadata["channels"]),
+                    "roi": tuple(settings["roi_shape"]), "liver": tuple(settings["liver_shape"])}
+        for key, value in expected.items():
+            if dims[key] != value:
+                raise _InvalidFile(f"{key} = {dims[key]} disagrees with {METADATA_FILE} ({value}); the bank folder "
+                                   "mixes files built with different settings")
+        dims["C1"] = dims["C"] + 1
+    return dims
 
 
 def _expected_shape(template: tuple, dims: Mapping[str, object]) -> tuple[int, ...]:
@@ -316,6 +228,29 @@ def _expected_shape(template: tuple, dims: Mapping[str, object]) -> tuple[int, .
     return tuple(shape)
 
 
+def _check_shapes_and_values(arrays: Mapping[str, np.ndarray], dims: Mapping[str, object], stem: str) -> None:
+    """Every shape, finite floats, the case id (= ``stem``) and the index ranges (classes, tiers, ids)."""
+    for key, (_, template) in ARRAY_SPEC.items():
+        expected_shape = _expected_shape(template, dims)
+        if arrays[key].shape != expected_shape:
+            raise _InvalidFile(f"array {key!r} has shape {arrays[key].shape}, expected {expected_shape}")
+        if arrays[key].dtype.kind == "f" and not np.all(np.isfinite(arrays[key])):
+            raise _InvalidFile(f"array {key!r} contains NaN or inf")
+    case_id = str(arrays["case_id"])
+    if case_id != stem:
+        raise _InvalidFile(f"holds case {case_id!r}, not {stem!r}")
+    n_classes, n_ref = dims["L"], dims["R"]
+    for key in ("target", "overlap_target", "nnunet_class", "base_class", "ref_class", "base_det_class",
+                "patient_class", "nnunet_patient_class"):
+        if arrays[key].size and (arrays[key].min() < 0 or arrays[key].max() > n_classes):
+            raise _InvalidFile(f"array {key!r} has class indices outside 0..{n_classes}")
+    if arrays["tier"].size and (arrays["tier"].min() < 0 or arrays["tier"].max() >= len(TIERS)):
+        raise _InvalidFile("array 'tier' has values outside 0..1")
+    for key in ("ref_id", "base_det_ref_id"):
+        if arrays[key].size and (arrays[key].min() < 0 or arrays[key].max() > n_ref):
+            raise _InvalidFile(f"array {key!r} refers to reference lesions outside 1..{n_ref}")
+
+
 def load_case_bank(path: str | os.PathLike, *, metadata: Mapping | None = None) -> CaseBank:
     """Load and validate one bank file.
 
@@ -324,66 +259,19 @@ def load_case_bank(path: str | os.PathLike, *, metadata: Mapping | None = None) 
     file and the fix (rebuild the case).
     """
     path = Path(path)
-    hint = (f"delete {path} and rerun build_candidate_bank / bank_from_nnunet_results (the build resumes), "
-            "or rebuild with overwrite=True")
-
-    def fail(reason: str) -> CandidateBankError:
-        return CandidateBankError(f"candidate bank file {path}: {reason}; {hint}")
-
-    if not path.is_file():
-        raise fail("not found")
-    if metadata is None and (path.parent / METADATA_FILE).is_file():
-        metadata = read_bank_metadata(path.parent)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise fail(f"unreadable ({type(exc).__name__}: {exc})") from exc
-    missing = sorted(set(ARRAY_SPEC) - set(arrays))
-    extra = sorted(set(arrays) - set(ARRAY_SPEC))
-    if missing or extra:
-        raise fail(f"wrong keys (missing {missing}, unexpected {extra})")
-    for key, (dtype, template) in ARRAY_SPEC.items():
-        value = arrays[key]
-        ok = value.dtype.kind == "U" if dtype == "str" else value.dtype == np.dtype(dtype)
-        if not ok:
-            raise fail(f"array {key!r} has dtype {value.dtype}, expected {dtype}")
-        ndim = sum(3 if isinstance(item, str) and item.startswith("*") else 1 for item in template)
-        if value.ndim != ndim:
-            raise fail(f"array {key!r} has shape {value.shape}, expected {ndim} dimensions")
-    liver = arrays["liver"]
-    dims = {"N": arrays["target"].shape[0], "L": arrays["patient_types"].shape[0], "C": liver.shape[0],
-            "C1": liver.shape[0] + 1, "R": arrays["ref_class"].shape[0], "B": arrays["base_det_class"].shape[0],
-            "M": arrays["overlap"].shape[0], "roi": arrays["crops"].shape[2:], "liver": liver.shape[1:]}
-    if metadata is not None:
-        settings = metadata["settings"]
-        expected = {"L": int(metadata["num_lesion_classes"]), "C": int(metadata["channels"]),
-                    "roi": tuple(settings["roi_shape"]), "liver": tuple(settings["liver_shape"])}
-        for key, value in expected.items():
-            if dims[key] != value:
-                raise fail(f"{key} = {dims[key]} disagrees with {METADATA_FILE} ({value}); the bank folder mixes "
-                           "files built with different settings")
-        dims["C1"] = dims["C"] + 1
-    for key, (_, template) in ARRAY_SPEC.items():
-        expected_shape = _expected_shape(template, dims)
-        if arrays[key].shape != expected_shape:
-            raise fail(f"array {key!r} has shape {arrays[key].shape}, expected {expected_shape}")
-        if arrays[key].dtype.kind == "f" and not np.all(np.isfinite(arrays[key])):
-            raise fail(f"array {key!r} contains NaN or inf")
-    case_id = str(arrays["case_id"])
-    if case_id != path.stem:
-        raise fail(f"holds case {case_id!r}, not {path.stem!r}")
-    n_classes, n_ref = dims["L"], dims["R"]
-    for key in ("target", "overlap_target", "nnunet_class", "base_class", "ref_class", "base_det_class",
-                "patient_class", "nnunet_patient_class"):
-        if arrays[key].size and (arrays[key].min() < 0 or arrays[key].max() > n_classes):
-            raise fail(f"array {key!r} has class indices outside 0..{n_classes}")
-    if arrays["tier"].size and (arrays["tier"].min() < 0 or arrays["tier"].max() >= len(TIERS)):
-        raise fail("array 'tier' has values outside 0..1")
-    for key in ("ref_id", "base_det_ref_id"):
-        if arrays[key].size and (arrays[key].min() < 0 or arrays[key].max() > n_ref):
-            raise fail(f"array {key!r} refers to reference lesions outside 1..{n_ref}")
-    scalars = {"case_id": case_id, "liver_found": bool(arrays["liver_found"]),
+        if not path.is_file():
+            raise _InvalidFile("not found")
+        if metadata is None and (path.parent / METADATA_FILE).is_file():
+            metadata = read_bank_metadata(path.parent)
+        arrays = _read_arrays(path)
+        _check_keys_and_dtypes(arrays)
+        _check_shapes_and_values(arrays, _dimensions(arrays, metadata), path.stem)
+    except _InvalidFile as exc:
+        raise CandidateBankError(f"candidate bank file {path}: {exc}; delete {path} and rerun build_candidate_bank "
+                                 "/ bank_from_nnunet_results (the build resumes), or rebuild with overwrite=True"
+                                 ) from exc.__cause__
+    scalars = {"case_id": str(arrays["case_id"]), "liver_found": bool(arrays["liver_found"]),
                "patient_class": int(arrays["patient_class"]),
                "nnunet_patient_class": int(arrays["nnunet_patient_class"])}
     return CaseBank(path=path, **{**arrays, **scalars})

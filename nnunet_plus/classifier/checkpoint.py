@@ -14,7 +14,7 @@ labels, schema      the dataset's labels and lesion schema block (class order = 
 bank                the candidate bank's ``settings``, ``target_spacing``, ``channel_names`` (how inference
                     must build the crops)
 fold, epoch         the classifier fold; number of finished epochs
-trainer             the trainer settings (:class:`~nnunet_plus.classifier.trainer.TrainerSettings` as a dict)
+trainer             the trainer settings (:class:`~nnunet_plus.classifier.trainer.settings.TrainerSettings`)
 class_weights       the focal-loss class weights ``z_c``
 optimizer, scheduler, scaler   their ``state_dict()`` (resume)
 rng                 python / numpy / torch (/ cuda) random states at the end of ``epoch`` (resume)
@@ -27,12 +27,12 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from nnunet_plus.atomic import atomic_path
 from nnunet_plus.schema import LesionSchema
 
 CHECKPOINT_FORMAT = "nnunet_plus.plus_classifier"
@@ -45,17 +45,11 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "check_compatible", "load_
 
 
 def save_checkpoint(payload: Mapping, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``payload`` to ``path`` through a temp file + rename (never a half-written file)."""
+    """``torch.save`` ``payload`` to ``path`` through a temp file + rename (:func:`nnunet_plus.atomic.atomic_path`:
+    never a half-written file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(payload), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(dict(payload), fh)
     return path
 
 
@@ -63,7 +57,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     """Load and check a classifier checkpoint; FileNotFoundError / ValueError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        present = sorted(p.name for p in path.parent.glob("*.pth")) if path.parent.is_dir() else []
+        present = sorted(p.name for p in path.parent.glob("[!.]*.pth")) if path.parent.is_dir() else []
         raise FileNotFoundError(f"{path} not found; checkpoints in {path.parent}: {present or 'none'} (train the "
                                 "fold with nnunet_plus_train_classifier, or resume it with --c)")
     try:

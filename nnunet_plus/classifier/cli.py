@@ -16,7 +16,12 @@
    ``nnUNetv2_predict -i FOLDER/imagesTr -o FOLDER/predictions --save_probabilities`` with the trained folds),
    spread over the classifier folds' training and validation sets (:mod:`nnunet_plus.classifier.splits`).
 3. The fold is trained into ``.../PLUSClassifier__<tr>__<p>__<CONFIG>/fold_FOLD`` (log, progress.png,
-   checkpoints, validation/summary.json: nnU-Net alone vs nnU-Net + PLUS).
+   checkpoints, history.json, validation/summary.json: nnU-Net alone vs nnU-Net + PLUS). When its training
+   cases hold no lesion candidate the command writes ``fold_FOLD/skipped.json`` (``{"reason": ...}``) and
+   exits 1.
+
+The work is :func:`nnunet_plus.classifier.trainer.train_fold.train_classifier_fold`; this module parses the
+flags and prints.
 """
 from __future__ import annotations
 
@@ -30,14 +35,6 @@ PROG = "nnunet_plus_train_classifier"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunet_plus.classifier.crops import (DEFAULT_LESION_ROI_SHAPE, DEFAULT_ROI_CONTEXT, DEFAULT_ROI_MIN_MM,
-                                              DEFAULT_ROI_SHAPE, ROI_FOV_RULES)
-    from nnunet_plus.classifier.encoders import ENCODER_PRESETS
-    from nnunet_plus.classifier.fusion import FUSION_MODES
-    from nnunet_plus.classifier.operating_point import OBJECTIVES
-    from nnunet_plus.classifier.trainer import BEST_METRICS, TrainerSettings
-
-    defaults = TrainerSettings()
     parser = argparse.ArgumentParser(
         prog=PROG, description="Train one fold of the PLUS lesion classifier on the out-of-fold candidates of a "
                                "trained nnU-Net model (builds the candidate bank first when needed).")
@@ -49,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", choices=("cuda", "cpu", "mps"), default=None,
                         help="device (default: cuda if available, else cpu); AMP is used on cuda")
     parser.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth of this fold")
+    _add_training_options(parser)
+    _add_bank_options(parser)
+    parser.add_argument("-np", type=int, default=2,
+                        help="processes for the candidate bank build (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The trainer's flags (:class:`~nnunet_plus.classifier.trainer.settings.TrainerSettings`)."""
+    from nnunet_plus.classifier.encoders import ENCODER_PRESETS
+    from nnunet_plus.classifier.fusion import FUSION_MODES
+    from nnunet_plus.classifier.operating_point import OBJECTIVES
+    from nnunet_plus.classifier.trainer.settings import BEST_METRICS, TrainerSettings
+
+    defaults = TrainerSettings()
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)")
     parser.add_argument("--fusion", choices=FUSION_MODES, default=defaults.fusion,
                         help="prior fusion (default: %(default)s; the others are the ablations of PLUS Table 1)")
@@ -70,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                         help="what the operating point (the decision rule fitted on the validation cases) maximises "
                              "(default: %(default)s)")
+
+
+def _add_bank_options(parser: argparse.ArgumentParser) -> None:
+    """The candidate bank's flags (the crop flags in their own group)."""
+    from nnunet_plus.classifier.crops import (DEFAULT_LESION_ROI_SHAPE, DEFAULT_ROI_CONTEXT, DEFAULT_ROI_MIN_MM,
+                                              DEFAULT_ROI_SHAPE, ROI_FOV_RULES)
+
     parser.add_argument("--build-bank-only", action="store_true", help="build / complete the candidate bank and stop")
     parser.add_argument("--lesion-shuffles", type=_non_negative_int, default=0, metavar="K",
                         help="candidate bank: K lesion-shuffled copies of every case (its lesions and nnU-Net's "
@@ -98,10 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{DEFAULT_ROI_MIN_MM:g})")
     crops.add_argument("--overwrite-bank", action="store_true",
                        help="rebuild every case of the candidate bank (needed after changing the crop flags)")
-    parser.add_argument("-np", type=int, default=2,
-                        help="processes for the candidate bank build (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
 
 
 def _non_negative_int(text: str) -> int:
@@ -115,11 +131,21 @@ def _non_negative_int(text: str) -> int:
 
 
 def bank_settings(args: argparse.Namespace):
-    """The :class:`~nnunet_plus.classifier.bank_io.BankSettings` of the crop flags (unset flags: defaults)."""
-    from nnunet_plus.classifier.bank_io import BankSettings
+    """The :class:`~nnunet_plus.classifier.bank_settings.BankSettings` of the crop flags (unset flags: defaults)."""
+    from nnunet_plus.classifier.bank_settings import BankSettings
 
     given = {"roi_shape": args.roi_shape, "roi_context": args.roi_context, "roi_min_mm": args.roi_min_mm}
     return BankSettings(roi_fov=args.roi_fov, **{k: v for k, v in given.items() if v is not None})
+
+
+def trainer_settings(args: argparse.Namespace):
+    """The :class:`~nnunet_plus.classifier.trainer.settings.TrainerSettings` of the training flags."""
+    from nnunet_plus.classifier.trainer.settings import TrainerSettings
+
+    return TrainerSettings(epochs=args.epochs, batch_patients=args.batch_patients, learning_rate=args.lr,
+                           class_weight_power=args.class_weight_power, warm_start_l2=args.warm_start_l2,
+                           preset=args.preset, fusion=args.fusion, seed=args.seed, best_metric=args.best_metric,
+                           objective=args.objective)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,54 +154,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # -h or a usage error: already printed
         return int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    from nnunet_plus.classifier.bank import bank_from_nnunet_results
-    from nnunet_plus.classifier.bank_io import read_bank_metadata
     from nnunet_plus.classifier.inference import classifier_folder
-    from nnunet_plus.classifier.splits import check_bank_for_fold, load_splits
-    from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE
-    from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
-    from nnunet_plus.classifier.fold_validation import NNUNET_KEY, PLUS_KEY
-    from nnunet_plus.paths import PathError, dataset_name, nnunet_folder, resolve_device
+    from nnunet_plus.classifier.trainer.fold_files import NoCandidateError, clear_skipped, write_skipped
+    from nnunet_plus.classifier.trainer.train_fold import build_classifier_bank, train_classifier_fold
+    from nnunet_plus.paths import PathError, resolve_device
 
+    fold_folder = None
     try:
         device = resolve_device(args.device)
-        settings = TrainerSettings(epochs=args.epochs, batch_patients=args.batch_patients, learning_rate=args.lr,
-                                   class_weight_power=args.class_weight_power, warm_start_l2=args.warm_start_l2,
-                                   preset=args.preset, fusion=args.fusion, seed=args.seed,
-                                   best_metric=args.best_metric, objective=args.objective)
-        crop_settings = bank_settings(args)
-        name = dataset_name(args.dataset)
-        folder = classifier_folder(args.dataset, args.configuration, trainer=args.tr, plans=args.p)
-        bank_dir = folder / "candidate_bank"
-        paths = bank_from_nnunet_results(args.dataset, args.configuration, trainer=args.tr, plans=args.p,
-                                         out_dir=bank_dir, settings=crop_settings, num_processes=args.np,
-                                         overwrite=args.overwrite_bank, quiet=args.quiet,
-                                         lesion_shuffles=args.lesion_shuffles, extra_dir=args.extra_cases)
-        print(f"candidate bank: {len(paths)} case(s) in {bank_dir}")
+        settings = trainer_settings(args)
+        options = dict(trainer=args.tr, plans=args.p, bank_settings=bank_settings(args), num_processes=args.np,
+                       overwrite_bank=args.overwrite_bank, lesion_shuffles=args.lesion_shuffles,
+                       extra_cases=args.extra_cases, quiet=args.quiet)
         if args.build_bank_only:
+            bank_dir, files = build_classifier_bank(args.dataset, args.configuration, **options)
+            print(f"candidate bank: {len(files)} case(s) in {bank_dir}")
             return 0
-        splits = load_splits(nnunet_folder("nnUNet_preprocessed") / name / "splits_final.json")
-        cases = check_bank_for_fold(read_bank_metadata(bank_dir)["cases"], splits, args.fold,
-                                    train_command=f"nnUNetv2_train {args.dataset} {args.configuration} FOLD "
-                                                  f"-tr {args.tr} -p {args.p}")
-        trainer = PLUSClassifierTrainer(bank_dir, folder / f"fold_{args.fold}", fold=args.fold,
-                                        train_cases=cases.train, val_cases=cases.val,
-                                        raw_dataset_dir=nnunet_folder("nnUNet_raw") / name, dataset_name=name,
-                                        settings=settings, device=device, quiet=args.quiet)
-        summary = trainer.run_training(continue_training=args.c)
+        fold_folder = classifier_folder(args.dataset, args.configuration, trainer=args.tr, plans=args.p) / \
+            f"fold_{args.fold}"
+        clear_skipped(fold_folder)
+        result = train_classifier_fold(args.dataset, args.configuration, args.fold, settings=settings, device=device,
+                                       continue_training=args.c, **options)
+    except NoCandidateError as exc:  # stage one gave nothing to learn from: recorded for scripts (the demo)
+        write_skipped(fold_folder, str(exc))
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, PathError) as exc:  # CandidateBankError, SplitError, SchemaError: ValueError
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    """The bank size, both methods' validation figures, the operating points and where it all went."""
+    from nnunet_plus.classifier.fold_validation import NNUNET_KEY, PLUS_KEY
+    from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE
+
+    print(f"candidate bank: {len(result.bank_files)} case(s) in {result.bank_dir}")
     rows = []
     for key, label in ((NNUNET_KEY, "nnU-Net alone"), (PLUS_KEY, "nnU-Net + PLUS")):
-        s = summary[key]
+        s = result.summary[key]
         rows.append(f"{label:15s} lesion F1 {_pct(s['lesion_level']['f1'])}, patient F1 malignant "
                     f"{_pct(s['patient_level']['malignant']['f1'])}, benign {_pct(s['patient_level']['benign']['f1'])}")
     print("\n".join(rows))
-    for path in (trainer.output_folder / OPERATING_POINT_FILE, folder / OPERATING_POINT_FILE):
+    for path in (result.fold_folder / OPERATING_POINT_FILE, result.fold_folder.parent / OPERATING_POINT_FILE):
         print(f"{path}: {json.loads(path.read_text(encoding='utf-8'))['description']}")
-    print(f"written to {trainer.output_folder} (validation/summary.json)")
-    return 0
+    print(f"written to {result.fold_folder} (validation/summary.json)")
 
 
 def _pct(value: float | None) -> str:

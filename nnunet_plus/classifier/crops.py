@@ -29,7 +29,8 @@ Documented choices (the paper is silent on them):
   Image: trilinear; mask: linear by default (a soft mask in [0, 1] that keeps partial volume), nearest as an
   option. Downsampling is anti-aliased (Gaussian, sigma = (step - 1) / 2 input voxels, skimage's rule);
   upsampling is plain (tri)linear. Where no resampling is needed along an axis (same spacing), samples are
-  snapped to the input grid so the crop is an exact copy (the centre may then move by half a voxel).
+  snapped to the input grid so the crop is an exact copy (the centre may then move by half a voxel). The
+  sampling itself is :mod:`nnunet_plus.classifier.resampling`.
 * **ROI scale** (``roi_scale``, returned by :func:`lesion_grid` and :func:`candidate_rois`): the crop's zoom
   relative to the target spacing, the geometric mean over the axes of ``output spacing / target spacing``
   (the cube root of the field of view's volume over that of ``roi_shape`` voxels at the target spacing); 1 =
@@ -54,10 +55,11 @@ Documented choices (the paper is silent on them):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from nnunet_plus.classifier.resampling import SamplingGrid, block_bounds, padded_block, resample_block
 
 DEFAULT_ROI_SHAPE: tuple[int, int, int] = (16, 64, 64)        # roi_fov="fixed"
 DEFAULT_LESION_ROI_SHAPE: tuple[int, int, int] = (16, 32, 32)  # roi_fov="lesion"
@@ -68,9 +70,7 @@ DEFAULT_LIVER_SHAPE: tuple[int, int, int] = (32, 64, 64)
 DEFAULT_CT_WINDOW: tuple[float, float] = (-200.0, 300.0)
 NORMALISATIONS: tuple[str, ...] = ("ct", "zscore", "none")
 LARGE_LESION_RULES: tuple[str, ...] = ("zoom", "crop")
-PAD_MODES: tuple[str, ...] = ("constant", "edge")
 LIVER_FIT_MODES: tuple[str, ...] = ("fit", "stretch")
-_SNAP_TOL = 1e-6
 
 
 # ---- intensity --------------------------------------------------------------------------------------------
@@ -114,31 +114,7 @@ def normalise_intensity(image: np.ndarray, *, scheme: str | Sequence[str] = "ct"
     return out
 
 
-# ---- sampling grids ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplingGrid:
-    """An axis-aligned output grid placed in an input volume (numpy order).
-
-    Attributes
-    ----------
-    centre : input voxel coordinates of the grid's centre.
-    step : input voxels per output voxel along each axis (> 1 means downsampling).
-    shape : output shape.
-    """
-
-    centre: tuple[float, float, float]
-    step: tuple[float, float, float]
-    shape: tuple[int, int, int]
-
-    def positions(self, axis: int) -> np.ndarray:
-        """Input coordinates of the output voxel centres along ``axis`` (snapped when step is 1)."""
-        n, step = self.shape[axis], self.step[axis]
-        first = self.centre[axis] - (n - 1) / 2.0 * step
-        if abs(step - 1.0) < _SNAP_TOL:
-            first = math.floor(first + 0.5)
-        return first + np.arange(n) * step
-
-
+# ---- grids ------------------------------------------------------------------------------------------------
 def _check_3(name: str, values: Sequence[float], *, positive: bool = True) -> tuple[float, float, float]:
     values = tuple(float(v) for v in values)
     if len(values) != 3 or (positive and any(not v > 0 for v in values)):
@@ -241,96 +217,6 @@ def lesion_grid(bbox: Sequence[int], *, spacing: Sequence[float], target_spacing
     return SamplingGrid(centre=centre, step=step, shape=roi_shape), scale
 
 
-def _block_bounds(grid: SamplingGrid, antialias: bool) -> tuple[list[int], list[int], list[float]]:
-    """Input index range [lo, hi) the grid reads (with the smoothing kernel's reach) and the sigmas."""
-    lo, hi, sigma = [], [], []
-    for axis in range(3):
-        pos = grid.positions(axis)
-        s = max(0.0, (grid.step[axis] - 1.0) / 2.0) if antialias else 0.0
-        reach = int(4.0 * s + 0.5) + 1 if s > 0 else 0
-        lo.append(math.floor(pos[0]) - reach)
-        hi.append(math.floor(pos[-1]) + 2 + reach)
-        sigma.append(s)
-    return lo, hi, sigma
-
-
-def _padded_block(volume: np.ndarray, lo: Sequence[int], hi: Sequence[int], *, pad_mode: str,
-                  pad_value: float) -> np.ndarray:
-    """``volume[lo:hi]`` (a copy) with the parts outside the volume padded (constant or edge)."""
-    if pad_mode == "edge":
-        index = [np.clip(np.arange(lo[a], hi[a]), 0, volume.shape[a] - 1) for a in range(3)]
-        return volume[np.ix_(*index)]
-    dtype = np.result_type(volume.dtype, np.min_scalar_type(pad_value))
-    block = np.full([hi[a] - lo[a] for a in range(3)], pad_value, dtype=dtype)
-    src = tuple(slice(max(lo[a], 0), min(hi[a], volume.shape[a])) for a in range(3))
-    dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
-    if all(s.stop > s.start for s in src):
-        block[dst] = volume[src]
-    return block
-
-
-def _gaussian_operator(length: int, sigma: float) -> np.ndarray:
-    """(length, length) matrix of a 1D Gaussian filter with 'nearest' borders (scipy's kernel, truncate 4)."""
-    radius = int(4.0 * sigma + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-    weights /= weights.sum()
-    operator = np.zeros((length, length))
-    rows = np.repeat(np.arange(length), offsets.size)
-    cols = np.clip(np.arange(length)[:, None] + offsets[None, :], 0, length - 1).ravel()
-    np.add.at(operator, (rows, cols), np.tile(weights, length))
-    return operator
-
-
-def _axis_operator(positions: np.ndarray, length: int, sigma: float, order: int) -> np.ndarray:
-    """(len(positions), length) matrix: Gaussian smoothing (sigma > 0) then linear / nearest interpolation at
-    ``positions`` (block coordinates, clamped to the block)."""
-    operator = np.zeros((positions.size, length))
-    rows = np.arange(positions.size)
-    if order == 0:
-        np.add.at(operator, (rows, np.clip(np.floor(positions + 0.5).astype(int), 0, length - 1)), 1.0)
-    else:
-        floor = np.floor(positions)
-        weight = positions - floor
-        floor = floor.astype(int)
-        np.add.at(operator, (rows, np.clip(floor, 0, length - 1)), 1.0 - weight)
-        np.add.at(operator, (rows, np.clip(floor + 1, 0, length - 1)), weight)
-    if sigma > 0:
-        operator = operator @ _gaussian_operator(length, sigma)
-    return operator.astype(np.float32)
-
-
-def _resample_block(block: np.ndarray, grid: SamplingGrid, lo: Sequence[int], sigma: Sequence[float], *,
-                    order: int) -> np.ndarray:
-    """Anti-alias (order 1, sigma > 0) and interpolate ``block`` (..., Z, Y, X) whose index 0 is input index
-    ``lo``. The grid is axis-aligned, so both steps are one small matrix per axis (separable)."""
-    operators = [_axis_operator(grid.positions(a) - lo[a], block.shape[a - 3], sigma[a] if order == 1 else 0.0,
-                                order) for a in range(3)]
-    op_z, op_y, op_x = operators
-    out = np.matmul(block.astype(np.float32, copy=False), op_x.T)    # (..., Z, Y, X')
-    out = np.matmul(op_y, out)                                          # (..., Z, Y', X')
-    lead, (n_z, n_y, n_x) = out.shape[:-3], out.shape[-3:]
-    out = np.matmul(op_z, out.reshape(*lead, n_z, n_y * n_x))          # (..., Z', Y' X')
-    return out.reshape(*lead, op_z.shape[0], n_y, n_x)
-
-
-def sample_grid(volume: np.ndarray, grid: SamplingGrid, *, order: int = 1, pad_mode: str = "constant",
-                pad_value: float = 0.0, antialias: bool = True) -> np.ndarray:
-    """Resample one (Z, Y, X) volume on ``grid``; returns ``grid.shape`` float32.
-
-    Only the block the grid covers is read. ``order`` 1 = (tri)linear, 0 = nearest (never smoothed).
-    """
-    if volume.ndim != 3:
-        raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
-    if order not in (0, 1):
-        raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order}")
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"unknown pad_mode {pad_mode!r}; choose from {PAD_MODES}")
-    lo, hi, sigma = _block_bounds(grid, antialias and order == 1)
-    block = _padded_block(volume, lo, hi, pad_mode=pad_mode, pad_value=pad_value)
-    return _resample_block(block, grid, lo, sigma, order=order)
-
-
 def _pad_values(image: np.ndarray, pad_value: float | Sequence[float] | None) -> list[float]:
     if pad_value is None:
         return [float(image[c].min()) for c in range(image.shape[0])]
@@ -373,15 +259,15 @@ def candidate_rois(image: np.ndarray, instances: np.ndarray, lesion_ids: Sequenc
         grid, scales[i] = lesion_grid(bbox, spacing=spacing, target_spacing=target_spacing, roi_shape=roi_shape,
                                       roi_fov=roi_fov, roi_context=roi_context, roi_min_mm=roi_min_mm,
                                       large_lesion=large_lesion, margin=margin)
-        lo, hi, sigma = _block_bounds(grid, True)
-        blocks = [_padded_block(image[c], lo, hi, pad_mode=pad_mode, pad_value=pads[c]).astype(np.float32, copy=False)
+        lo, hi, sigma = block_bounds(grid, True)
+        blocks = [padded_block(image[c], lo, hi, pad_mode=pad_mode, pad_value=pads[c]).astype(np.float32, copy=False)
                   for c in range(image.shape[0])]
-        mask = _padded_block(instances, lo, hi, pad_mode="constant", pad_value=0) == lesion_id
+        mask = padded_block(instances, lo, hi, pad_mode="constant", pad_value=0) == lesion_id
         if mask_order == 1:
-            rois[i] = _resample_block(np.stack([*blocks, mask]), grid, lo, sigma, order=1)
+            rois[i] = resample_block(np.stack([*blocks, mask]), grid, lo, sigma, order=1)
         else:
-            rois[i, :-1] = _resample_block(np.stack(blocks), grid, lo, sigma, order=1)
-            rois[i, -1] = _resample_block(mask, grid, lo, sigma, order=0)
+            rois[i, :-1] = resample_block(np.stack(blocks), grid, lo, sigma, order=1)
+            rois[i, -1] = resample_block(mask, grid, lo, sigma, order=0)
     return rois, scales
 
 
@@ -400,8 +286,8 @@ def lesion_roi(image: np.ndarray, lesion_mask: np.ndarray, *, spacing: Sequence[
     roi_shape : ROI voxels (z, y, x), default (16, 64, 64) for ``"fixed"``, (16, 32, 32) for ``"lesion"``.
     roi_fov : ``"fixed"`` (default here; ``roi_shape`` voxels at the target spacing) or ``"lesion"`` (a cube
         of side ``max(roi_min_mm, roi_context x`` the bounding box's longest side in mm``)``, resampled to
-        ``roi_shape``); the candidate bank's default is ``"lesion"`` (:class:`~nnunet_plus.classifier.bank_io.
-        BankSettings`).
+        ``roi_shape``); the candidate bank's default is ``"lesion"`` (:class:`~nnunet_plus.classifier.
+        bank_settings.BankSettings`).
     roi_context, roi_min_mm : the ``"lesion"`` rule's ratio field of view / lesion extent (>= 1) and floor (mm).
     large_lesion : ``"fixed"`` rule only: ``"zoom"`` (enlarge the field of view to the bounding box +
         ``margin`` x extent on each side, aspect kept, resampled to ``roi_shape``) or ``"crop"`` (fixed field of
@@ -462,12 +348,12 @@ def liver_input(image: np.ndarray, liver_region_mask: np.ndarray, *, spacing: Se
                          f"{image.shape[1:]}")
     grid = liver_grid(bounding_box(liver_region_mask), spacing=spacing, shape=shape, mode=mode, margin=margin)
     fills = _pad_values(image, fill_value)
-    lo, hi, sigma = _block_bounds(grid, True)
-    inside = _padded_block(liver_region_mask.astype(bool, copy=False), lo, hi, pad_mode="constant",
+    lo, hi, sigma = block_bounds(grid, True)
+    inside = padded_block(liver_region_mask.astype(bool, copy=False), lo, hi, pad_mode="constant",
                            pad_value=0).astype(bool)
     outside = ~inside
     blocks = np.empty((image.shape[0], *inside.shape), dtype=np.float32)
     for c in range(image.shape[0]):
-        blocks[c] = _padded_block(image[c], lo, hi, pad_mode="constant", pad_value=fills[c])
+        blocks[c] = padded_block(image[c], lo, hi, pad_mode="constant", pad_value=fills[c])
         blocks[c][outside] = fills[c]
-    return _resample_block(blocks, grid, lo, sigma, order=1)
+    return resample_block(blocks, grid, lo, sigma, order=1)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from nnunet_plus.integrity import check_complete
 from nnunet_plus.schema import LesionSchema
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.atomic import atomic_path, write_json_atomic
 
 __all__ = ["NNUNET_KEY", "PLUS_KEY", "SUMMARY_FILE", "evaluate_classifier"]
 
@@ -51,7 +51,7 @@ def _load_case(case: str, raw_dataset_dir: Path, dataset_json: Mapping, entry: M
     (``entry``: its ``bank.json`` entry)."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    from nnunet_plus.classifier.bank import bank_case_files
+    from nnunet_plus.classifier.bank_inputs import bank_case_files
     from nnunet_plus.image_io import Geometry
 
     softmax_file = Path(entry["softmax"])
@@ -95,7 +95,7 @@ def evaluate_classifier(inference, cases: Sequence[str], *, bank_metadata: Mappi
     plots : also draw ``overview.png``.
     """
     from nnunet_plus.evaluation.case import evaluate_case
-    from nnunet_plus.evaluation.summary import compare_summaries, format_comparison, summarize
+    from nnunet_plus.evaluation.summary import compare_summaries, summarize
     from nnunet_plus.refine import CaseRefiner
 
     raw_dataset_dir, output_folder = Path(raw_dataset_dir), Path(output_folder)
@@ -121,28 +121,34 @@ def evaluate_classifier(inference, cases: Sequence[str], *, bank_metadata: Mappi
     for key, records in per_case.items():
         summaries[key] = summarize(records, schema, criterion=criterion, min_volume_cm3=min_volume_cm3)
         summaries[key].pop("per_case")
-    summary = {
-        "meta": {**dict(meta or {}), "n_cases": len(cases), "cases": list(cases), "criterion": criterion,
-                 "min_volume_cm3": min_volume_cm3, "sensitivities": list(schema.sensitivities),
-                 "methods": {NNUNET_KEY: "nnU-Net alone: lesions at the first sensitivity with nnU-Net's class, "
-                                         "patient probabilities from LiverMax",
-                             PLUS_KEY: "nnU-Net + PLUS: nnU-Net's f=1 lesions and new f=4 candidates decided by "
-                                       f"the operating point ({inference.rule.describe()}), patient probabilities "
-                                       "from PLUS (LiverMax when the rule is the identity)"}},
-        NNUNET_KEY: summaries[NNUNET_KEY],
-        PLUS_KEY: summaries[PLUS_KEY],
-        "comparison": compare_summaries(summaries[NNUNET_KEY], summaries[PLUS_KEY]),
-        "per_case": per_case,
-    }
+    meta = {**dict(meta or {}), "n_cases": len(cases), "cases": list(cases), "criterion": criterion,
+            "min_volume_cm3": min_volume_cm3, "sensitivities": list(schema.sensitivities),
+            "methods": _methods(inference.rule.describe())}
+    summary = {"meta": meta, NNUNET_KEY: summaries[NNUNET_KEY], PLUS_KEY: summaries[PLUS_KEY],
+               "comparison": compare_summaries(summaries[NNUNET_KEY], summaries[PLUS_KEY]), "per_case": per_case}
+    _write_outputs(summary, output_folder, plots=plots)
+    return summary
+
+
+def _methods(rule: str) -> dict[str, str]:
+    """The summary's ``meta["methods"]``: what each of the two predictions is (``rule``: the operating point)."""
+    return {NNUNET_KEY: "nnU-Net alone: lesions at the first sensitivity with nnU-Net's class, patient "
+                        "probabilities from LiverMax",
+            PLUS_KEY: "nnU-Net + PLUS: nnU-Net's f=1 lesions and new f=4 candidates decided by the operating point "
+                      f"({rule}), patient probabilities from PLUS (LiverMax when the rule is the identity)"}
+
+
+def _write_outputs(summary: Mapping, output_folder: Path, *, plots: bool) -> None:
+    """``summary.json``, ``comparison.txt`` and (``plots``) ``overview.png`` into ``output_folder`` (atomic)."""
+    from nnunet_plus.evaluation.summary import format_comparison
+
+    alone, plus = summary[NNUNET_KEY], summary[PLUS_KEY]
     output_folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_folder / SUMMARY_FILE, summary)
-    text = format_comparison(summaries[NNUNET_KEY], summaries[PLUS_KEY], names=("nnU-Net", "nnU-Net + PLUS"))
-    tmp = output_folder / f".{COMPARISON_FILE}.tmp"
-    tmp.write_text(text + "\n")
-    os.replace(tmp, output_folder / COMPARISON_FILE)
+    text = format_comparison(alone, plus, names=("nnU-Net", "nnU-Net + PLUS"))
+    with atomic_path(output_folder / COMPARISON_FILE) as tmp:
+        tmp.write_text(text + "\n")
     if plots:
         from nnunet_plus.evaluation.plots import plot_overview
 
-        plot_overview({"nnU-Net": summaries[NNUNET_KEY], "nnU-Net + PLUS": summaries[PLUS_KEY]},
-                      output_folder / OVERVIEW_FILE)
-    return summary
+        plot_overview({"nnU-Net": alone, "nnU-Net + PLUS": plus}, output_folder / OVERVIEW_FILE)

@@ -3,7 +3,7 @@
 :class:`PLUSInference` loads the fold models of a classifier folder (``fold_k/checkpoint_final.pth``) and its
 fitted decision rule (``operating_point.json`` beside the folds; a single fold's own one when the folder has
 none; the identity rule, i.e. nnU-Net alone, when neither exists), builds a case's candidate inputs with the
-candidate bank's own function (:func:`~nnunet_plus.classifier.bank.classifier_inputs`, the settings, target
+candidate bank's own function (:func:`~nnunet_plus.classifier.candidate_arrays.classifier_inputs`, the settings, target
 spacing and channel names stored in the checkpoint, inputs rounded to float16 as the bank stores them) and
 averages the fold models' softmax.
 
@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnunet_plus.classifier.bank_io import BankSettings
+from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.classifier.checkpoint import check_compatible, load_checkpoint
 from nnunet_plus.classifier.model import PLUSClassifier, candidate_features
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
@@ -219,7 +219,7 @@ class PLUSInference:
         analysis : :func:`~nnunet_plus.case_analysis.analyse_case` of ``probabilities``.
         spacing : voxel spacing (z, y, x) mm.
         """
-        from nnunet_plus.classifier.bank import classifier_inputs
+        from nnunet_plus.classifier.candidate_arrays import classifier_inputs
 
         image = np.asarray(image)
         if image.ndim != 4 or image.shape[0] != self.in_channels:

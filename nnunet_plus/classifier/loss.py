@@ -97,15 +97,7 @@ def plus_loss(logits: torch.Tensor, targets: torch.Tensor, lesion_to_patient: to
         index = lesion_to_patient.to(logits.device)
         targets = targets.to(logits.device)
 
-        # L_L: focal loss, mean per patient, then mean over patients with candidates
-        log_p_target = log_p.gather(1, targets[:, None]).squeeze(1)
-        focal = -((1.0 - log_p_target.exp()) ** gamma) * log_p_target
-        if class_weights is not None:
-            focal = focal * class_weights.to(device=logits.device, dtype=torch.float32)[targets]
-        per_patient_count = torch.bincount(index, minlength=num_patients).float()
-        with_candidates = int((per_patient_count > 0).sum())
-        lesion = (focal / per_patient_count[index].clamp(min=1.0)).sum() / max(with_candidates, 1)
-
+        lesion = _focal_lesion_loss(log_p, targets, index, class_weights, gamma, num_patients)
         # L_P and L_S: BCE on the per-patient max of the malignant / any-tumour probability
         p_malignant = p[:, list(malignant_classes)].sum(dim=1)
         p_tumor = p_malignant + p[:, list(benign_classes)].sum(dim=1)
@@ -120,6 +112,18 @@ def plus_loss(logits: torch.Tensor, targets: torch.Tensor, lesion_to_patient: to
         else:
             distill = total.new_zeros(())
     return {"total": total, "lesion": lesion, "patient": patient, "screening": screening, "distill": distill}
+
+
+def _focal_lesion_loss(log_p: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
+                       class_weights: torch.Tensor | None, gamma: float, num_patients: int) -> torch.Tensor:
+    """L_L: the focal loss of every candidate, averaged per patient, then over the patients with candidates."""
+    log_p_target = log_p.gather(1, targets[:, None]).squeeze(1)
+    focal = -((1.0 - log_p_target.exp()) ** gamma) * log_p_target
+    if class_weights is not None:
+        focal = focal * class_weights.to(device=log_p.device, dtype=torch.float32)[targets]
+    per_patient_count = torch.bincount(index, minlength=num_patients).float()
+    with_candidates = int((per_patient_count > 0).sum())
+    return (focal / per_patient_count[index].clamp(min=1.0)).sum() / max(with_candidates, 1)
 
 
 def _patient_max_bce(prob: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, num_patients: int,

@@ -5,7 +5,8 @@ scores every rule of its grid: a :class:`~nnunet_plus.decision_rule.DecisionRule
 :mod:`nnunet_plus.refine`) applied to the bank's candidates (its ``tier`` and ``base_class``), then the matching of
 :func:`~nnunet_plus.postprocessing.match.match_lesions` ("overlap" criterion: one-to-one assignment
 maximising the shared voxels, among the reported candidates and the reference lesions) replayed on the
-bank's stored ``overlap`` table. Reference lesions below ``min_volume_mm3`` are ignored as in
+bank's stored ``overlap`` table (:func:`~nnunet_plus.postprocessing.match.match_overlaps`, the core of
+``match_lesions``). Reference lesions below ``min_volume_mm3`` are ignored as in
 :func:`~nnunet_plus.evaluation.case.evaluate_case` (neither TP nor FN; a reported candidate overlapping only
 ignored ones is no FP). So the lesion counts equal those of ``evaluate_case`` on the refined instance map
 for a bank built with the overlap criterion; patient labels are the presence of malignant / benign
@@ -16,11 +17,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from nnunet_plus.classifier.bank_io import CaseBank
 from nnunet_plus.decision_rule import DecisionRule, apply_rule
 from nnunet_plus.evaluation.metrics import binary_metrics, lesion_metrics, mean_or_none
+from nnunet_plus.postprocessing.match import match_overlaps
 
 __all__ = ["NETWORK_RULE", "case_lesion_counts", "nnunet_lesion_metrics", "score_cases"]
 
@@ -40,35 +41,25 @@ def case_lesion_counts(bank: CaseBank, reported: np.ndarray, classes: np.ndarray
     if reported.shape != (bank.num_candidates,) or np.shape(classes) != (bank.num_candidates,):
         raise ValueError(f"case {bank.case_id}: need {bank.num_candidates} decisions, got {reported.shape} and "
                          f"{np.shape(classes)}")
-    ignored = set((np.flatnonzero(bank.ref_volume_mm3.astype(np.float64) < min_volume_mm3) + 1).tolist())
-    kept = set((np.flatnonzero(reported) + 1).tolist())
-    rows = [(int(c), int(r), int(s)) for c, r, s in bank.overlap if int(c) in kept]
-    near_ignored = {c for c, r, _ in rows if r in ignored}
-    usable = [(c, r, s) for c, r, s in rows if r not in ignored]
-    pairs: list[tuple[int, int]] = []
-    if usable:
-        refs = sorted({r for _, r, _ in usable})
-        cands = sorted({c for c, _, _ in usable})
-        weight = np.zeros((len(refs), len(cands)))
-        for c, r, s in usable:
-            weight[refs.index(r), cands.index(c)] = s
-        chosen_rows, chosen_cols = linear_sum_assignment(weight, maximize=True)
-        pairs = [(refs[i], cands[j]) for i, j in zip(chosen_rows, chosen_cols) if weight[i, j] > 0]
-    tp = sum(1 for r, c in pairs if int(classes[c - 1]) == int(bank.ref_class[r - 1]))
-    matched_refs = {r for r, _ in pairs}
-    matched_cands = {c for _, c in pairs}
-    fp = sum(1 for c in kept if c not in matched_cands and c not in near_ignored)
-    fn = sum(1 for r in range(1, len(bank.ref_class) + 1) if r not in matched_refs and r not in ignored)
-    return {"tp": tp, "fl": len(pairs) - tp, "fp": fp, "fn": fn}
+    ignored = np.flatnonzero(bank.ref_volume_mm3.astype(np.float64) < min_volume_mm3) + 1
+    overlap = np.asarray(bank.overlap, dtype=np.int64).reshape(-1, 3)  # [candidate id, reference id, shared]
+    overlap = overlap[reported[overlap[:, 0] - 1]]  # the rows of reported candidates
+    reported_classes = np.asarray(classes)[reported].astype(np.int64).tolist()
+    match = match_overlaps(overlap[:, 1], overlap[:, 0], overlap[:, 2],
+                           reference_labels=dict(enumerate(np.asarray(bank.ref_class).tolist(), start=1)),
+                           predicted_labels=dict(zip((np.flatnonzero(reported) + 1).tolist(), reported_classes)),
+                           ignored_reference_ids=ignored.tolist())
+    return match.counts()
 
 
 def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], *, rule: DecisionRule,
                 malignant_classes: Sequence[int], benign_classes: Sequence[int],
                 min_volume_mm3: float = 0.0) -> dict:
-    """Scores of ``rule`` applied to the PLUS ``probabilities`` ((N_i, L + 1) per case) of ``banks``: ``lesion`` (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the
-    summed counts), ``malignant`` / ``benign`` (:func:`~nnunet_plus.evaluation.metrics.binary_metrics` of the
-    patient labels), and the scalars ``lesion_f1``, ``malignant_f1``, ``benign_f1``, ``patient_f1`` (mean of
-    the two patient F1 that are defined; None when neither is).
+    """Scores of ``rule`` applied to the PLUS ``probabilities`` ((N_i, L + 1) per case) of ``banks``: ``lesion``
+    (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the summed counts), ``malignant`` / ``benign``
+    (:func:`~nnunet_plus.evaluation.metrics.binary_metrics` of the patient labels), and the scalars ``lesion_f1``,
+    ``malignant_f1``, ``benign_f1``, ``patient_f1`` (mean of the two patient F1 that are defined; None when
+    neither is).
     """
     if len(banks) != len(probabilities):
         raise ValueError(f"{len(banks)} cases but {len(probabilities)} probability tables")

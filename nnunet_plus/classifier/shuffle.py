@@ -42,6 +42,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage, signal
 
+from nnunet_plus.postprocessing.multi_sensitivity import multi_sensitivity_labels
+
 __all__ = ["SHUFFLE_SUFFIX", "LesionShuffle", "shuffle_case", "shuffle_lesions", "shuffle_objects", "shuffled_case_id"]
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
@@ -119,8 +121,6 @@ def shuffle_objects(reference: np.ndarray, probabilities: np.ndarray, *, lesion_
     (Z, Y, X) int32 object ids 1..n (0 = none): the 26-connected components of (reference lesion voxels OR
     nnU-Net lesion voxels), numbered in raster order of their first voxel.
     """
-    from nnunet_plus.postprocessing.multi_sensitivity import multi_sensitivity_labels
-
     reference = np.asarray(reference)
     probabilities = np.asarray(probabilities)
     if reference.ndim != 3:
@@ -181,38 +181,10 @@ def _exact_origins(relative: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return np.argwhere(hits < 0.5).astype(np.int64) + low
 
 
-def shuffle_lesions(image: np.ndarray, reference: np.ndarray, probabilities: np.ndarray, *,
-                    liver_region: np.ndarray, objects: np.ndarray, lesion_labels: Sequence[int],
-                    rng: np.random.Generator, margin: int = 1, gap: int = 1, max_tries: int = 100
-                    ) -> LesionShuffle:
-    """Make one shuffled copy of a case: every object moves to a random place in lesion-free liver.
-
-    Parameters
-    ----------
-    image : (C, Z, Y, X) image, any dtype (HU for CT), every channel.
-    reference : (Z, Y, X) integer reference label map.
-    probabilities : (K, Z, Y, X) nnU-Net softmax in the image geometry.
-    liver_region : (Z, Y, X) bool, the liver including its lesions (e.g. reference liver + lesion labels);
-        objects move only within it.
-    objects : (Z, Y, X) non-negative integer object ids, 0 = none (:func:`shuffle_objects`). Voxels outside
-        every object that nnU-Net calls a lesion may be chosen as "lesion-free": include nnU-Net's
-        candidates among the objects (the default objects do).
-    lesion_labels : the lesion label values (reference lesions are never a destination).
-    rng : the random generator (the result is a function of its state).
-    margin : liver voxels around an object that move with it (its footprint, see the module docstring).
-    gap : free voxels (chessboard distance) kept between a moved footprint and any other lesion or footprint.
-    max_tries : random anchors tried per object before the exact search over every position.
-
-    Returns
-    -------
-    :class:`LesionShuffle`: the three shuffled arrays (new arrays, the inputs are not modified) and, per object,
-    whether it moved and its displacement in voxels.
-
-    Raises
-    ------
-    ValueError
-        on inconsistent shapes, non-integer ``reference`` / ``objects``, bad ``lesion_labels`` or options.
-    """
+def _check_arrays(image, reference, probabilities, liver_region, objects
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, reference, probabilities, liver, objects)`` as arrays of consistent shapes (ValueError if not);
+    ``liver`` bool, ``objects`` int64 (Z, Y, X)."""
     image = np.asarray(image)
     reference = np.asarray(reference)
     probabilities = np.asarray(probabilities)
@@ -234,15 +206,86 @@ def shuffle_lesions(image: np.ndarray, reference: np.ndarray, probabilities: np.
         raise ValueError(f"objects must hold integer ids, got dtype {objects.dtype}")
     if objects.size and objects.min() < 0:
         raise ValueError("objects must hold non-negative ids (0 = no object)")
-    labels = _check_lesion_labels(lesion_labels, probabilities.shape[0])
+    return image, reference, probabilities, liver, objects.astype(np.int64)
+
+
+def _check_options(rng, margin: int, gap: int, max_tries: int) -> None:
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got "
                          f"{type(rng).__name__}")
     for name, value, low in (("margin", margin, 0), ("gap", gap, 0), ("max_tries", max_tries, 0)):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    objects = objects.astype(np.int64)
 
+
+def _free_liver(liver: np.ndarray, occupied: np.ndarray, gap: int) -> np.ndarray:
+    """(Z, Y, X) bool: liver voxels farther than ``gap`` voxels (chessboard) from every ``occupied`` voxel."""
+    blocked = ndimage.binary_dilation(occupied, structure=_CUBE, iterations=int(gap)) if gap else occupied
+    return liver & ~blocked
+
+
+def _random_origin(relative: np.ndarray, allowed: np.ndarray, rng: np.random.Generator,
+                   max_tries: int) -> np.ndarray | None:
+    """A random origin (bbox corner, (3,) int64) where the footprint ``relative`` ((m, 3) voxel offsets from
+    its corner) lies wholly on ``allowed``: ``max_tries`` random anchors, then the exact search; None if none."""
+    anchor = relative[np.argmin(((relative - relative.mean(axis=0)) ** 2).sum(axis=1))]
+    free = np.flatnonzero(allowed)
+    if not free.size:
+        return None
+    for flat in rng.choice(free, size=min(int(max_tries), free.size), replace=False):
+        candidate = np.array(np.unravel_index(flat, allowed.shape), dtype=np.int64) - anchor
+        if _fits(relative + candidate, allowed):
+            return candidate
+    origins = _exact_origins(relative, allowed)
+    return origins[rng.integers(len(origins))] if len(origins) else None
+
+
+def _swap(original: np.ndarray, shuffled: np.ndarray, source: np.ndarray, target: np.ndarray) -> None:
+    """In ``shuffled``, the voxels ``source`` ((m, 3) indices, every leading channel) get the values of
+    ``original`` at ``target`` and the other way round: the object moves, the liver patch fills its place."""
+    s, t = (Ellipsis, *source.T), (Ellipsis, *target.T)
+    shuffled[t] = original[s]
+    shuffled[s] = original[t]
+
+
+def _reserve(allowed: np.ndarray, target: np.ndarray, gap: int) -> None:
+    """Remove the placed footprint ``target`` ((m, 3) indices) and its ``gap`` surroundings from ``allowed``."""
+    placed = np.zeros(allowed.shape, dtype=bool)
+    placed[tuple(target.T)] = True
+    if gap:
+        low = np.maximum(target.min(axis=0) - gap, 0)
+        high = np.minimum(target.max(axis=0) + gap + 1, allowed.shape)
+        window = tuple(slice(a, b) for a, b in zip(low, high))
+        placed[window] = ndimage.binary_dilation(placed[window], structure=_CUBE, iterations=int(gap))
+    allowed &= ~placed
+
+
+def shuffle_lesions(image: np.ndarray, reference: np.ndarray, probabilities: np.ndarray, *,
+                    liver_region: np.ndarray, objects: np.ndarray, lesion_labels: Sequence[int],
+                    rng: np.random.Generator, margin: int = 1, gap: int = 1, max_tries: int = 100
+                    ) -> LesionShuffle:
+    """Make one shuffled copy of a case: every object moves to a random place in lesion-free liver.
+
+    Parameters
+    ----------
+    image, reference, probabilities : (C, Z, Y, X) image (any dtype, HU for CT), (Z, Y, X) integer reference
+        label map, (K, Z, Y, X) nnU-Net softmax in the image geometry.
+    liver_region : (Z, Y, X) bool, the liver including its lesions; objects move only within it.
+    objects : (Z, Y, X) non-negative integer object ids, 0 = none (:func:`shuffle_objects`). Voxels outside
+        every object that nnU-Net calls a lesion may be chosen as "lesion-free": include nnU-Net's candidates.
+    lesion_labels : the lesion label values (reference lesions are never a destination).
+    rng : the random generator (the result is a function of its state).
+    margin, gap : liver voxels around an object that move with it (its footprint), and free voxels
+        (chessboard) kept between a moved footprint and any other lesion or footprint.
+    max_tries : random anchors tried per object before the exact search over every position.
+
+    Returns :class:`LesionShuffle` (new arrays; the inputs are not modified). ValueError on inconsistent
+    shapes, non-integer ``reference`` / ``objects``, bad ``lesion_labels`` or options.
+    """
+    image, reference, probabilities, liver, objects = _check_arrays(image, reference, probabilities, liver_region,
+                                                                    objects)
+    labels = _check_lesion_labels(lesion_labels, probabilities.shape[0])
+    _check_options(rng, margin, gap, max_tries)
     out_image, out_reference, out_probabilities = image.copy(), reference.copy(), probabilities.copy()
     ids = np.unique(objects[objects > 0])
     displacements = np.zeros((ids.size, 3), dtype=np.int64)
@@ -251,55 +294,26 @@ def shuffle_lesions(image: np.ndarray, reference: np.ndarray, probabilities: np.
         return LesionShuffle(out_image, out_reference, out_probabilities, ids, displacements, moved)
 
     footprints = _footprints(objects, liver, int(margin))
-    occupied = (footprints > 0) | (objects > 0) | np.isin(reference, labels)
-    blocked = ndimage.binary_dilation(occupied, structure=_CUBE, iterations=int(gap)) if gap else occupied
-    allowed = liver & ~blocked
-    slices = ndimage.find_objects(footprints)
+    allowed = _free_liver(liver, (footprints > 0) | (objects > 0) | np.isin(reference, labels), gap)
+    slices, object_slices = ndimage.find_objects(footprints), ndimage.find_objects(objects)
     sizes = np.bincount(footprints.ravel(), minlength=int(ids.max()) + 1)[ids]
-    object_slices = ndimage.find_objects(objects)
-    order = sorted(range(ids.size), key=lambda i: (-sizes[i], ids[i]))  # largest first
-    for i in order:
+    for i in sorted(range(ids.size), key=lambda i: (-sizes[i], ids[i])):  # largest first
         object_id = int(ids[i])
-        box = slices[object_id - 1]
         object_box = object_slices[object_id - 1]
         if not liver[object_box][objects[object_box] == object_id].all():
             continue  # straddles the liver boundary: stays
-        start = np.array([s.start for s in box], dtype=np.int64)
-        source = np.argwhere(footprints[box] == object_id) + start
-        relative = source - start
-        anchor = relative[np.argmin(((relative - relative.mean(axis=0)) ** 2).sum(axis=1))]
-        origin = None
-        free = np.flatnonzero(allowed)
-        if free.size:
-            for flat in rng.choice(free, size=min(int(max_tries), free.size), replace=False):
-                candidate = np.array(np.unravel_index(flat, shape), dtype=np.int64) - anchor
-                if _fits(relative + candidate, allowed):
-                    origin = candidate
-                    break
-            if origin is None:
-                origins = _exact_origins(relative, allowed)
-                if len(origins):
-                    origin = origins[rng.integers(len(origins))]
+        start = np.array([s.start for s in slices[object_id - 1]], dtype=np.int64)
+        source = np.argwhere(footprints[slices[object_id - 1]] == object_id) + start
+        origin = _random_origin(source - start, allowed, rng, max_tries)
         if origin is None:
             continue
-        target = relative + origin
-        s, t = tuple(source.T), tuple(target.T)
-        # swap: the object goes to the target, the lesion-free liver patch it covers fills its old place
-        out_image[(slice(None), *t)] = image[(slice(None), *s)]
-        out_image[(slice(None), *s)] = image[(slice(None), *t)]
-        out_probabilities[(slice(None), *t)] = probabilities[(slice(None), *s)]
-        out_probabilities[(slice(None), *s)] = probabilities[(slice(None), *t)]
-        out_reference[t], out_reference[s] = reference[s], reference[t]
+        target = source - start + origin
+        for original, shuffled in ((image, out_image), (reference, out_reference),
+                                   (probabilities, out_probabilities)):
+            _swap(original, shuffled, source, target)
         displacements[i] = origin - start
         moved[i] = True
-        placed = np.zeros(shape, dtype=bool)
-        placed[t] = True
-        if gap:
-            low = np.maximum(target.min(axis=0) - gap, 0)
-            high = np.minimum(target.max(axis=0) + gap + 1, shape)
-            window = tuple(slice(a, b) for a, b in zip(low, high))
-            placed[window] = ndimage.binary_dilation(placed[window], structure=_CUBE, iterations=int(gap))
-        allowed &= ~placed
+        _reserve(allowed, target, gap)
     return LesionShuffle(out_image, out_reference, out_probabilities, ids, displacements, moved)
 
 
@@ -329,8 +343,6 @@ def shuffle_case(image: np.ndarray, reference: np.ndarray, probabilities: np.nda
     schema : the dataset's :class:`~nnunet_plus.schema.LesionSchema`.
     rng, margin, gap, max_tries : as in :func:`shuffle_lesions`.
     """
-    from nnunet_plus.postprocessing.multi_sensitivity import multi_sensitivity_labels
-
     lesion_labels = list(schema.lesion_labels)
     reference = np.asarray(reference)
     objects = shuffle_objects(reference, probabilities, lesion_labels=lesion_labels,

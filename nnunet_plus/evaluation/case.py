@@ -15,8 +15,8 @@ from nnunet_plus.evaluation.conventions import GROUP_KEYS, patient_group
 from nnunet_plus.evaluation.metrics import dice_from_counts, overlap_counts
 from nnunet_plus.postprocessing.classify import classify_patient
 from nnunet_plus.postprocessing.match import match_lesions
-from nnunet_plus.postprocessing.seg2det import label_mask, seg2det
-from nnunet_plus.schema import LesionSchema
+from nnunet_plus.postprocessing.seg2det import Detections, label_mask, seg2det
+from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +195,10 @@ def _patient_block(ref_present: set[int], pred_present: set[int], schema: Lesion
 
 
 def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionSchema, *,
-                  spacing: Sequence[float], criterion: str = "overlap", min_volume_cm3: float = 0.5,
-                  predicted_json: Mapping | None = None, predicted_instances: np.ndarray | None = None,
-                  case: str | None = None, connectivity: str | int = "paper") -> dict:
+                  spacing: Sequence[float], criterion: str = "overlap",
+                  min_volume_cm3: float = MIN_REFERENCE_VOLUME_CM3, predicted_json: Mapping | None = None,
+                  predicted_instances: np.ndarray | None = None, case: str | None = None,
+                  connectivity: str | int = "paper") -> dict:
     """Lesion-, patient- and voxel-level evaluation of one case.
 
     Parameters
@@ -207,7 +208,8 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
     spacing : (z, y, x) voxel spacing in mm.
     criterion : lesion match criterion, ``"overlap"`` (any shared voxel) or ``"dice:T"`` (Dice > T).
     min_volume_cm3 : reference lesions smaller than this are ignored (neither TP nor FN); an unmatched
-        prediction overlapping an ignored lesion is not a false positive either.
+        prediction overlapping an ignored lesion is not a false positive either. Default
+        :data:`~nnunet_plus.schema.MIN_REFERENCE_VOLUME_CM3` (0.5, the cascaded paper).
     predicted_json : the case JSON (docs/case_json.md) of the prediction, if any: its lesion probabilities feed
         the FROC, its patient probabilities the AUCs, its patient class the confusion matrix.
     predicted_instances : (Z, Y, X) instance map whose ids are the JSON's lesion ids (needs
@@ -223,6 +225,64 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
     """
     reference = np.asarray(reference)
     prediction = np.asarray(prediction)
+    _check_case_inputs(reference, prediction, schema, spacing=spacing, min_volume_cm3=min_volume_cm3,
+                       predicted_instances=predicted_instances)
+    ref_det = seg2det(reference, schema.lesion_labels, priority=schema.priority_labels, spacing=tuple(spacing),
+                      connectivity=connectivity)
+    pred_instances, pred_labels, pred_volumes, scores = _predicted_lesions(
+        prediction, schema, spacing=spacing, predicted_json=predicted_json,
+        predicted_instances=predicted_instances, connectivity=connectivity)
+    lesions = _lesion_results(ref_det, pred_instances, pred_labels, pred_volumes, scores, schema,
+                              criterion=criterion, min_volume_cm3=min_volume_cm3)
+    ref_present = {int(v) for v in ref_det.labels().values()}
+    voxels, dice = _voxel_overlap(reference, prediction, schema)
+    return {
+        "case": case,
+        "missing": False,
+        **lesions,
+        "patient": _patient_block(ref_present, set(pred_labels.values()), schema, predicted_json),
+        "dice": dice,
+        "voxels": voxels,
+    }
+
+
+def _lesion_results(ref_det: Detections, pred_instances: np.ndarray, pred_labels: Mapping[int, int],
+                    pred_volumes: Mapping[int, float], scores: Mapping[int, float | None], schema: LesionSchema, *,
+                    criterion: str, min_volume_cm3: float) -> dict:
+    """The lesion-level part of :func:`evaluate_case`'s result: ``counts``, ``per_class``, ``malignant_group``,
+    ``benign_group``, ``reference_lesions`` and ``predicted_lesions``."""
+    ref_labels = {int(k): int(v) for k, v in ref_det.labels().items()}
+    ignored = {int(r["id"]) for r in ref_det.lesions if float(r["volume_cm3"]) < min_volume_cm3}
+    match = match_lesions(ref_det.instances, ref_labels, pred_instances, pred_labels, criterion=criterion,
+                          ignored_reference_ids=sorted(ignored))
+    pairs = [(int(r), int(p)) for r, p in match.pairs if int(r) not in ignored]
+    fp = sorted(int(i) for i in match.fp)
+    fn = sorted(int(i) for i in match.fn if int(i) not in ignored)
+    ref_match = {r: p for r, p in pairs}
+    pred_match = {p: r for r, p in pairs}
+
+    n_tp = sum(1 for r, p in pairs if ref_labels[r] == pred_labels[p])
+    counts = {"tp": n_tp, "fl": len(pairs) - n_tp, "fp": len(fp), "fn": len(fn),
+              "ignored_reference": len(ignored),
+              "ignored_predicted": len(set(pred_labels) - set(pred_match) - set(fp))}
+    return {
+        "counts": counts,
+        "per_class": {name: group_counts(pairs, fp, fn, ref_labels, pred_labels, [schema.labels[name]])
+                      for name in schema.lesions},
+        "malignant_group": group_counts(pairs, fp, fn, ref_labels, pred_labels, schema.malignant_labels),
+        "benign_group": group_counts(pairs, fp, fn, ref_labels, pred_labels, schema.benign_labels),
+        "reference_lesions": _reference_records(ref_det.lesions, ref_labels, pred_labels, ref_match, ignored,
+                                                schema),
+        "predicted_lesions": _predicted_records(pred_labels, pred_volumes, scores, ref_labels, pred_match, set(fp),
+                                                schema),
+    }
+
+
+def _check_case_inputs(reference: np.ndarray, prediction: np.ndarray, schema: LesionSchema, *,
+                       spacing: Sequence[float], min_volume_cm3: float,
+                       predicted_instances: np.ndarray | None) -> None:
+    """ValueError (one line) for shapes, spacing, minimum volume or label values :func:`evaluate_case` cannot
+    take."""
     if reference.ndim != 3:
         raise ValueError(f"reference must be a 3D (Z, Y, X) label map, got shape {reference.shape}")
     if prediction.shape != reference.shape:
@@ -237,33 +297,10 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
     _check_label_values(reference, schema, "the reference")
     _check_label_values(prediction, schema, "the prediction")
 
-    ref_det = seg2det(reference, schema.lesion_labels, priority=schema.priority_labels, spacing=tuple(spacing),
-                      connectivity=connectivity)
-    ref_labels = {int(k): int(v) for k, v in ref_det.labels().items()}
-    ignored = {int(r["id"]) for r in ref_det.lesions if float(r["volume_cm3"]) < min_volume_cm3}
-    pred_instances, pred_labels, pred_volumes, scores = _predicted_lesions(
-        prediction, schema, spacing=spacing, predicted_json=predicted_json,
-        predicted_instances=predicted_instances, connectivity=connectivity)
 
-    match = match_lesions(ref_det.instances, ref_labels, pred_instances, pred_labels, criterion=criterion,
-                          ignored_reference_ids=sorted(ignored))
-    pairs = [(int(r), int(p)) for r, p in match.pairs if int(r) not in ignored]
-    fp = sorted(int(i) for i in match.fp)
-    fn = sorted(int(i) for i in match.fn if int(i) not in ignored)
-    ref_match = {r: p for r, p in pairs}
-    pred_match = {p: r for r, p in pairs}
-
-    n_tp = sum(1 for r, p in pairs if ref_labels[r] == pred_labels[p])
-    counts = {"tp": n_tp, "fl": len(pairs) - n_tp, "fp": len(fp), "fn": len(fn),
-              "ignored_reference": len(ignored),
-              "ignored_predicted": len(set(pred_labels) - set(pred_match) - set(fp))}
-    per_class = {name: group_counts(pairs, fp, fn, ref_labels, pred_labels, [schema.labels[name]])
-                 for name in schema.lesions}
-
-    reference_lesions = _reference_records(ref_det.lesions, ref_labels, pred_labels, ref_match, ignored, schema)
-    predicted_lesions = _predicted_records(pred_labels, pred_volumes, scores, ref_labels, pred_match, set(fp),
-                                           schema)
-    patient = _patient_block(set(ref_labels.values()), set(pred_labels.values()), schema, predicted_json)
+def _voxel_overlap(reference: np.ndarray, prediction: np.ndarray, schema: LesionSchema) -> tuple[dict, dict]:
+    """Voxel counts (:func:`~nnunet_plus.evaluation.metrics.overlap_counts`) and Dice of the liver (liver and
+    lesion labels) and of the lesions (lesion labels)."""
     liver_and_lesions = list(schema.liver_labels) + list(schema.lesion_labels)
     voxels = {
         "liver": overlap_counts(label_mask(reference, liver_and_lesions), label_mask(prediction, liver_and_lesions)),
@@ -271,17 +308,4 @@ def evaluate_case(reference: np.ndarray, prediction: np.ndarray, schema: LesionS
                                  label_mask(prediction, schema.lesion_labels)),
     }
     dice = {k: dice_from_counts(v["intersection"], v["reference"], v["prediction"]) for k, v in voxels.items()}
-
-    return {
-        "case": case,
-        "missing": False,
-        "counts": counts,
-        "per_class": per_class,
-        "malignant_group": group_counts(pairs, fp, fn, ref_labels, pred_labels, schema.malignant_labels),
-        "benign_group": group_counts(pairs, fp, fn, ref_labels, pred_labels, schema.benign_labels),
-        "reference_lesions": reference_lesions,
-        "predicted_lesions": predicted_lesions,
-        "patient": patient,
-        "dice": dice,
-        "voxels": voxels,
-    }
+    return voxels, dice

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
-from nnunet_plus.schema import LesionSchema, SchemaError
+from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema, SchemaError
 from nnunet_plus.atomic import write_json_atomic
 
 PROG = "nnunet_plus_evaluate"
@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", type=match_criterion, default="overlap",
                    help="lesion match criterion: 'overlap' (any shared voxel, the cascaded paper) or 'dice:T' "
                         "(Dice > T, PLAN uses dice:0.2); default overlap")
-    p.add_argument("--min-volume", type=non_negative_float, default=0.5, metavar="CM3",
-                   help="reference lesions smaller than this (cm3) are ignored; default 0.5 (the cascaded paper)")
+    p.add_argument("--min-volume", type=non_negative_float, default=MIN_REFERENCE_VOLUME_CM3, metavar="CM3",
+                   help="reference lesions smaller than this (cm3) are ignored; default "
+                        f"{MIN_REFERENCE_VOLUME_CM3:g} (the cascaded paper)")
     p.add_argument("--baseline", type=Path, metavar="OTHER_PRED_DIR",
                    help="a second prediction folder (e.g. nnU-Net alone) to print side by side with deltas")
     p.add_argument("-o", dest="output", type=Path,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from nnunet_plus.evaluation.case import evaluate_case
 from nnunet_plus.evaluation.summary import summarize
 from nnunet_plus.image_io import read_image
-from nnunet_plus.schema import LesionSchema
+from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def _read_case_json(path: Path) -> dict | None:
 
 
 def evaluate_case_files(reference_file: str | os.PathLike, prediction_file: str | os.PathLike | None,
-                        schema: LesionSchema, *, criterion: str = "overlap", min_volume_cm3: float = 0.5,
+                        schema: LesionSchema, *, criterion: str = "overlap",
+                        min_volume_cm3: float = MIN_REFERENCE_VOLUME_CM3,
                         file_ending: str = ".nii.gz", connectivity: str | int = "paper") -> dict:
     """:func:`evaluate_case` on files ``<case><file_ending>``.
 
@@ -145,8 +146,8 @@ def default_num_processes() -> int:
 
 
 def evaluate_folders(reference_dir: str | os.PathLike, prediction_dir: str | os.PathLike, schema: LesionSchema, *,
-                     criterion: str = "overlap", min_volume_cm3: float = 0.5, allow_missing: bool = False,
-                     num_processes: int | None = None, file_ending: str = ".nii.gz",
+                     criterion: str = "overlap", min_volume_cm3: float = MIN_REFERENCE_VOLUME_CM3,
+                     allow_missing: bool = False, num_processes: int | None = None, file_ending: str = ".nii.gz",
                      connectivity: str | int = "paper", cases: Sequence[str] | None = None,
                      quiet: bool = False) -> dict:
     """Evaluate every reference case and return the summary dict (see :mod:`nnunet_plus.evaluation.summary`).

@@ -30,7 +30,7 @@ from nnunet_plus.evaluation.metrics import (
     accuracy, auc, binary_metrics, class_lesion_metrics, confusion_matrix, dice_from_counts, froc,
     lesion_metrics, mean_or_none, safe_ratio, sum_counts,
 )
-from nnunet_plus.schema import LesionSchema
+from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema
 
 #: Headline metrics compared by :func:`compare_summaries` (label, path in the summary).
 HEADLINE_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -89,8 +89,27 @@ def _dice(per_case: Sequence[Mapping], key: str) -> dict:
             "n": sum(v is not None for v in values)}
 
 
+def _patient_level(patients: Sequence[Mapping], schema: LesionSchema) -> dict:
+    """The summary's ``patient_level`` from the ``patient`` blocks of the cases: malignant / benign / screening
+    metrics, three-class accuracy, both confusion matrices and the AUCs."""
+    patient_level = {
+        kind: binary_metrics([p["reference"][k] for p in patients], [p["predicted"][k] for p in patients])
+        for kind, k in (("malignant", "malignant"), ("benign", "benign"), ("screening", "tumor"))
+    }
+    patient_level["three_class_accuracy"] = accuracy([p["reference_group"] for p in patients],
+                                                     [p["predicted_group"] for p in patients])
+    classes = ["normal", *schema.priority]
+    patient_level["confusion_matrix"] = {"labels": classes, "matrix": confusion_matrix(
+        [p["reference_class"] for p in patients], [p["predicted_class"] for p in patients], classes)}
+    patient_level["three_class_confusion_matrix"] = {"labels": list(PATIENT_GROUPS), "matrix": confusion_matrix(
+        [p["reference_group"] for p in patients], [p["predicted_group"] for p in patients], PATIENT_GROUPS)}
+    patient_level["auc"] = {k: auc([p["reference"][k] for p in patients], [p["probabilities"][k] for p in patients])
+                            for k in ("tumor", "malignant", "benign", *schema.lesions)}
+    return patient_level
+
+
 def summarize(per_case: Sequence[Mapping], schema: LesionSchema, *, criterion: str = "overlap",
-              min_volume_cm3: float = 0.5) -> dict:
+              min_volume_cm3: float = MIN_REFERENCE_VOLUME_CM3) -> dict:
     """Aggregate :func:`~nnunet_plus.evaluation.case.evaluate_case` results into the summary dict.
 
     ``criterion`` and ``min_volume_cm3`` are recorded in ``meta`` (they must be those used per case).
@@ -109,20 +128,7 @@ def summarize(per_case: Sequence[Mapping], schema: LesionSchema, *, criterion: s
     per_class = {name: group([c["per_class"][name] for c in per_case]) for name in schema.lesions}
 
     patients = [c["patient"] for c in per_case]
-    patient_level = {
-        kind: binary_metrics([p["reference"][k] for p in patients], [p["predicted"][k] for p in patients])
-        for kind, k in (("malignant", "malignant"), ("benign", "benign"), ("screening", "tumor"))
-    }
-    patient_level["three_class_accuracy"] = accuracy([p["reference_group"] for p in patients],
-                                                     [p["predicted_group"] for p in patients])
-    classes = ["normal", *schema.priority]
-    patient_level["confusion_matrix"] = {"labels": classes, "matrix": confusion_matrix(
-        [p["reference_class"] for p in patients], [p["predicted_class"] for p in patients], classes)}
-    patient_level["three_class_confusion_matrix"] = {"labels": list(PATIENT_GROUPS), "matrix": confusion_matrix(
-        [p["reference_group"] for p in patients], [p["predicted_group"] for p in patients], PATIENT_GROUPS)}
-    patient_level["auc"] = {k: auc([p["reference"][k] for p in patients], [p["probabilities"][k] for p in patients])
-                            for k in ("tumor", "malignant", "benign", *schema.lesions)}
-
+    patient_level = _patient_level(patients, schema)
     sources = sorted({p["probability_source"] for p in patients})
     notes = []
     n_reference = counts["tp"] + counts["fl"] + counts["fn"]

@@ -58,6 +58,24 @@ def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[f
     lesions = place_lesions(rng, grid, liver, list(spec.lesion_types))
     if spec.lesion_types and not lesions:
         logger.warning("%s: no planned lesion fitted in the liver; the case is lesion-free", spec.case_id)
+    ducts = _paint_lesions(canvas, grid, patient, shapes, liver, lesions, rng, conspicuity)
+
+    image = canvas.image + correlated_noise(rng, grid.shape, patient.noise_sigma / conspicuity,
+                                                   NOISE_CORRELATION_VOX)
+    image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+
+    label = np.zeros(grid.shape, dtype=np.uint8)
+    label[liver.mask] = labels["liver"]
+    for lesion in lesions:
+        label[lesion.box][lesion.mask] = labels[lesion.kind]
+    record = _case_record(spec, grid, origin, patient, shapes, liver, lesions, ducts, labels, conspicuity)
+    return PhantomCase(image=image, label=label, tissues=canvas.tissue_masks(), record=record)
+
+
+def _paint_lesions(canvas: Canvas, grid: Grid, patient, shapes, liver, lesions: list, rng,
+                   conspicuity: float) -> dict[int, int]:
+    """Paint the dilated bile ducts upstream of each ICC, the lesions, then the gallbladder; return the number
+    of ducts of each ICC, by lesion index."""
     ducts = {}
     hilum = np.asarray(shapes.landmarks["hilum"])
     for i, lesion in enumerate(lesions):
@@ -67,17 +85,14 @@ def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[f
         paint_lesion(canvas, lesion, liver_hu=liver.mean_hu, conspicuity=conspicuity)
     if shapes.gallbladder is not None:
         canvas.paint("gallbladder", occupancy(shapes.gallbladder, grid.spacing), patient.hu["bile"])
+    return ducts
 
-    image = canvas.image + correlated_noise(rng, grid.shape, patient.noise_sigma / conspicuity,
-                                                   NOISE_CORRELATION_VOX)
-    image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
-    label = np.zeros(grid.shape, dtype=np.uint8)
-    label[liver.mask] = labels["liver"]
+def _lesion_records(grid: Grid, origin, lesions: list, ducts: dict, labels: dict[str, int]) -> list[dict]:
+    """One cases.json entry per lesion: type, label, size, centre (voxel and world), dilated ducts."""
     voxel_cm3 = grid.voxel_volume_mm3 / 1000.0
     records = []
     for i, lesion in enumerate(lesions):
-        label[lesion.box][lesion.mask] = labels[lesion.kind]
         index = grid.index_of(lesion.centre_mm)
         entry = {
             "lesion_id": i + 1, "type": lesion.kind, "label": labels[lesion.kind],
@@ -89,15 +104,26 @@ def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[f
         if i in ducts:
             entry["dilated_ducts"] = ducts[i]
         records.append(entry)
-    hard_negatives = []
+    return records
+
+
+def _hard_negative_records(grid: Grid, origin, liver) -> list[dict]:
+    """The liver's lesion look-alikes with their centre as voxel index and world position."""
+    out = []
     for item in liver.hard_negatives:
         index = grid.index_of(item["centre_zyx_mm"])
         rest = {k: v for k, v in item.items() if k != "centre_zyx_mm"}
-        hard_negatives.append({**rest, "centre_voxel_zyx": [round(float(v), 2) for v in index],
-                               "centre_world_xyz_mm": world_xyz(grid, origin, index)})
-    kinds = [lesion.kind for lesion in lesions]
-    cls = patient_class(kinds)
-    record = {
+        out.append({**rest, "centre_voxel_zyx": [round(float(v), 2) for v in index],
+                    "centre_world_xyz_mm": world_xyz(grid, origin, index)})
+    return out
+
+
+def _case_record(spec: CaseSpec, grid: Grid, origin, patient, shapes, liver, lesions: list, ducts: dict,
+                 labels: dict[str, int], conspicuity: float) -> dict:
+    """The case's ground-truth entry of cases.json."""
+    voxel_cm3 = grid.voxel_volume_mm3 / 1000.0
+    cls = patient_class([lesion.kind for lesion in lesions])
+    return {
         "case_id": spec.case_id, "split": spec.split, "liver_condition": spec.condition,
         "patient_class": cls,
         "patient_category": "normal" if cls == "normal" else ("malignant" if cls in MALIGNANT else "benign"),
@@ -107,6 +133,6 @@ def render_case(spec: CaseSpec, *, shape: tuple[int, int, int], spacing: tuple[f
         "liver_volume_cm3": round(int(liver.mask.sum()) * voxel_cm3, 1),
         "spleen_volume_cm3": round(int((occupancy(shapes.spleen, grid.spacing) >= 0.5).sum()) * voxel_cm3, 1),
         "ascites": patient.ascites_mm > 0, "gallbladder": patient.has_gallbladder,
-        "lesions": records, "hard_negatives": hard_negatives,
+        "lesions": _lesion_records(grid, origin, lesions, ducts, labels),
+        "hard_negatives": _hard_negative_records(grid, origin, liver),
     }
-    return PhantomCase(image=image, label=label, tissues=canvas.tissue_masks(), record=record)

@@ -46,7 +46,7 @@ from nnunet_plus.phantom.case import render_case
 from nnunet_plus.phantom.cohort import CaseSpec, plan_cohort
 from nnunet_plus.phantom.lesions import LESION_TYPES
 from nnunet_plus.schema import SCHEMA_KEY, build_schema
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.atomic import replace_folder, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -239,35 +239,46 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
         dataset_id, n_train, n_test, seed, shape, spacing, origin, healthy_fraction, lesion_types, num_processes,
         conspicuity, case_prefix)
     root = _output_root(out_dir)
-    name = f"Dataset{int(dataset_id):03d}_{DATASET_NAME}"
+    target = _check_target(root, int(dataset_id), overwrite)
+    labels = phantom_labels(selected)
+    specs = plan_cohort(int(n_train), int(n_test), seed=int(seed), healthy_fraction=healthy_fraction,
+                        lesion_types=selected, case_prefix=case_prefix)
+    settings = dict(seed=int(seed), shape=list(shape), spacing=list(spacing), origin=list(origin),
+                    healthy_fraction=healthy_fraction, lesion_types=list(selected), n_train=int(n_train),
+                    n_test=int(n_test), conspicuity=float(conspicuity), case_prefix=case_prefix)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    try:
+        _make_subfolders(staging)
+        records = _generate(specs, shape, spacing, origin, labels, float(conspicuity), staging,
+                            int(num_processes), quiet)
+        _write_metadata(staging, target.name, labels, records, settings)
+        replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote %d cases to %s", len(specs), target)
+    return target
+
+
+def _make_subfolders(staging: Path) -> None:
+    """Open the staging folder to the usual 0755 (mkdtemp makes it 0700) and create the image / label folders."""
+    staging.chmod(0o755)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (staging / sub).mkdir()
+
+
+def _check_target(root: Path, dataset_id: int, overwrite: bool) -> Path:
+    """The dataset folder ``root/DatasetXXX_LiverPhantom``; ValueError when another dataset has the id or the
+    folder exists without ``overwrite``."""
+    name = f"Dataset{dataset_id:03d}_{DATASET_NAME}"
     target = root / name
-    others = [p for p in _existing_dataset(root, int(dataset_id)) if p.name != name]
+    others = [p for p in _existing_dataset(root, dataset_id) if p.name != name]
     if others:
         raise ValueError(f"{others[0]} already uses dataset id {dataset_id}; nnU-Net needs unique ids, "
                          "pick another id or remove that folder")
     if target.exists() and not overwrite:
         raise ValueError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
-
-    labels = phantom_labels(selected)
-    specs = plan_cohort(int(n_train), int(n_test), seed=int(seed), healthy_fraction=healthy_fraction,
-                        lesion_types=selected, case_prefix=case_prefix)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
-    try:
-        staging.chmod(0o755)
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (staging / sub).mkdir()
-        records = _generate(specs, shape, spacing, origin, labels, float(conspicuity), staging,
-                            int(num_processes), quiet)
-        _write_metadata(staging, name, labels, records, dict(
-            seed=int(seed), shape=list(shape), spacing=list(spacing), origin=list(origin),
-            healthy_fraction=healthy_fraction, lesion_types=list(selected), n_train=int(n_train),
-            n_test=int(n_test), conspicuity=float(conspicuity), case_prefix=case_prefix))
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("wrote %d cases to %s", len(specs), target)
     return target
 
 
@@ -303,13 +314,3 @@ def _write_metadata(folder: Path, name: str, labels: dict, records: list[dict], 
     for path in ("dataset.json", "cases.json", "patients.csv"):
         (folder / path).chmod(0o644)
 
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished staging folder to ``target``, replacing an older dataset only at the very end."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -103,7 +103,7 @@ class Lesion:
 
 
 @dataclass(frozen=True)
-class Geometry:
+class LesionShape:
     """Shape of one lesion independent of its size: axis ratios (product 1), orientation and a contour
     wobble defined on radius-normalised coordinates, so that shrinking a lesion keeps its shape."""
 
@@ -117,27 +117,27 @@ class Geometry:
         return diameter / 2.0 * float(self.axes.max()) * (1.0 + self.lobulation)
 
 
-def sample_geometry(rng: np.random.Generator, look: Appearance) -> Geometry:
+def sample_shape(rng: np.random.Generator, look: Appearance) -> LesionShape:
     """Random axis ratios, orientation and contour wobble for a lesion with appearance ``look``."""
     axes = np.exp(look.elongation * rng.standard_normal(3))
     axes /= np.cbrt(np.prod(axes))
     rot = rotation(*rng.uniform(0, 2 * np.pi, size=3))
     wobble = plane_waves(rng, 6, (2 * look.wavelength[0], 2 * look.wavelength[1]))
-    return Geometry(axes, rot, wobble, look.lobulation)
+    return LesionShape(axes, rot, wobble, look.lobulation)
 
 
 def render_lesion(rng: np.random.Generator, grid: Grid, kind: str, centre: np.ndarray, diameter: float,
-                  look: Appearance, geometry: Geometry) -> Lesion:
+                  look: Appearance, shape: LesionShape) -> Lesion:
     """Rasterise one lesion: partial-volume fraction, HU map and label mask (largest connected part)."""
     r = diameter / 2.0
-    bound = geometry.bound(diameter)
+    bound = shape.bound(diameter)
     box = grid.box(centre, bound)
     zb, yb, xb = grid.coords(box)
-    base = ellipsoid(zb, yb, xb, centre, tuple(r * geometry.axes), geometry.rot)
+    base = ellipsoid(zb, yb, xb, centre, tuple(r * shape.axes), shape.rot)
     inv_r = np.float32(1.0 / r)
     uz, uy, ux = ((zb - np.float32(centre[0])) * inv_r, (yb - np.float32(centre[1])) * inv_r,
                   (xb - np.float32(centre[2])) * inv_r)
-    sdf = base - np.float32(geometry.lobulation * r) * geometry.wobble(uz, uy, ux)
+    sdf = base - np.float32(shape.lobulation * r) * shape.wobble(uz, uy, ux)
     radial = np.clip(1.0 + base * inv_r, 0.0, 1.5)   # ~0 at the centre, 1 on the surface
     occ = occupancy(sdf, grid.spacing)
     value = np.full(occ.shape, look.core_hu, dtype=np.float32)
@@ -176,10 +176,10 @@ def place_lesions(rng: np.random.Generator, grid: Grid, liver: Liver, kinds: lis
     placed: list[Lesion] = []
     for diameter, kind in plan:
         look = sample_appearance(rng, kind, diameter)
-        geometry = sample_geometry(rng, look)
+        shape = sample_shape(rng, look)
         lesion = None
         for _ in range(12):
-            bound = geometry.bound(diameter)
+            bound = shape.bound(diameter)
             inside = np.argwhere(liver.depth_mm >= bound + gap)
             if len(inside):
                 centres = inside * sp
@@ -194,7 +194,7 @@ def place_lesions(rng: np.random.Generator, grid: Grid, liver: Liver, kinds: lis
                 diameter = max(d_min, diameter * 0.85)
                 continue
             index = inside[int(rng.integers(len(inside)))] + rng.uniform(-0.3, 0.3, size=3)
-            candidate = render_lesion(rng, grid, kind, grid.centre_mm(index), diameter, look, geometry)
+            candidate = render_lesion(rng, grid, kind, grid.centre_mm(index), diameter, look, shape)
             grown = ndimage.binary_dilation(candidate.mask, structure=np.ones((3, 3, 3)))
             if (grown & (~liver.mask[candidate.box] | taken[candidate.box])).any():
                 continue

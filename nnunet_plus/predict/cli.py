@@ -87,6 +87,11 @@ def _device(name: str | None):
     return device
 
 
+def _series_uids(args) -> tuple[str, ...]:
+    """The ``--series-uid`` values (blanks stripped, empty ones dropped): the series DICOM folder inputs read."""
+    return tuple(str(u).strip() for u in (getattr(args, "series_uid", None) or ()) if str(u).strip())
+
+
 def _schema_for_plug_and_play(args):
     """Schema + channel count: the trained model's dataset.json when it exists, else the raw dataset's."""
     from nnunet_plus.predict.predictor import model_folder
@@ -129,7 +134,7 @@ def _run_plug_and_play(args, device) -> object:
                              progress=not args.disable_progress_bar, trust_pickle=args.trust_pickle,
                              run_info={"command": " ".join(sys.argv), "classifier_folder":
                                        str(folder) if classifier is not None else None},
-                             dicom_seg=args.dicom_seg, dicom_series_uids=tuple(getattr(args, "series_uid", None) or ()),
+                             dicom_seg=args.dicom_seg, dicom_series_uids=_series_uids(args),
                              model_id=f"plug-and-play/{args.d}")
 
 
@@ -146,7 +151,7 @@ def _run_predict(args, device) -> object:
                                     part_id=args.part_id, overlays=args.overlays,
                                     num_processes_preprocessing=args.npp, num_processes_export=args.nps,
                                     run_info={"command": " ".join(sys.argv)}, dicom_seg=args.dicom_seg,
-                                    dicom_series_uids=tuple(getattr(args, "series_uid", None) or ()))
+                                    dicom_series_uids=_series_uids(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     ensure_ext_trainer_env()
-    from nnunet_plus.predict.inputs import InputError, check_output_folder, set_series_uids
+    from nnunet_plus.predict.errors import InputError
+    from nnunet_plus.predict.inputs import check_output_folder
 
-    set_series_uids(args.series_uid)
     try:
         check_output_folder(args.o, {"-i": args.i, "--from-probabilities": args.from_probabilities,
                                      "--from-segmentation": args.from_segmentation})

@@ -9,11 +9,11 @@ Every non-hidden entry of the folder (not its subfolders' contents) is looked at
 * any **other image file** is a single-channel case named by its file name without extension
   (``liver_ct.nrrd`` -> case ``liver_ct``); allowed only for single-channel models;
 * a **folder** is a DICOM case, a single-channel case named by the folder: its files and subfolders are
-  searched, one series is chosen (the largest CT series, or the one named by :func:`set_series_uids` /
-  ``--series-uid``), localizers and stray images are dropped with a warning, and series whose slices do not
-  form one uniform, orthogonal grid (missing slices, non-uniform spacing, gantry tilt, duplicate positions)
-  or whose compression neither SimpleITK nor pydicom can decode are refused with a one-line error; see
-  :mod:`nnunet_plus.predict.dicom_series` for the rules and tolerances;
+  searched, one series is chosen (the largest CT series, or the one named by ``series_uids`` of
+  :func:`read_case`, the CLI's ``--series-uid``), localizers and stray images are dropped with a warning, and
+  series whose slices do not form one uniform, orthogonal grid (missing slices, non-uniform spacing, gantry
+  tilt, duplicate positions) or whose compression neither SimpleITK nor pydicom can decode are refused with a
+  one-line error; see :mod:`nnunet_plus.predict.dicom_series` for the rules and tolerances;
 * a file with an unknown extension is reported as a failed case (not silently skipped), the data files of
   header formats (``.raw``, ``.zraw``, ``.img``) are skipped.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ import SimpleITK as sitk
 
 from nnunet_plus.atomic import stale_temp_files
 from nnunet_plus.image_io import Geometry, ImageReadError, read_image
+from nnunet_plus.predict.errors import InputError
 
 #: File extensions read as images (longest first so that ``.nii.gz`` wins over ``.gz``-less variants).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -47,14 +47,6 @@ COMPANION_EXTENSIONS: tuple[str, ...] = (".raw", ".zraw", ".img", ".img.gz")
 logger = logging.getLogger(__name__)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-#: SeriesInstanceUIDs that DICOM folder inputs read (``--series-uid``); empty: the largest CT series
-_series_uids: tuple[str, ...] = ()
-_series_lock = threading.Lock()
-
-
-class InputError(ValueError):
-    """A problem with an input case or folder; the message names the offending file."""
 
 
 @dataclass(frozen=True)
@@ -212,24 +204,19 @@ def _make_case(case: str, found: dict[int, list[Path]], num_channels: int) -> Ca
     return CaseInput(case, tuple(found[c][0] for c in expected))
 
 
-def set_series_uids(uids: Iterable[str] | None) -> tuple[str, ...]:
-    """Make every DICOM folder input read the series named here (SeriesInstanceUID; the CLI's ``--series-uid``,
-    one per case folder) instead of the largest CT series; None or empty restores the default. A folder that
-    holds none of them is an error listing its series. Returns the previous setting (process-wide: the
-    worker threads of a run read it)."""
-    global _series_uids
-    with _series_lock:
-        previous, _series_uids = _series_uids, tuple(str(u).strip() for u in (uids or ()) if str(u).strip())
-    return previous
+def is_dicom_source(files: Sequence[str | Path]) -> bool:
+    """True when a case's input is one DICOM series folder (the only input a DICOM SEG can reference)."""
+    return len(files) == 1 and Path(files[0]).is_dir()
 
 
-def read_sitk(path: str | Path, *, series_uids: Sequence[str] | None = None) -> sitk.Image:
+def read_sitk(path: str | Path, *, series_uids: Sequence[str] = ()) -> sitk.Image:
     """Read one image file (:func:`nnunet_plus.image_io.read_image`: truncated / corrupt files refused) or a
-    DICOM folder (:mod:`nnunet_plus.predict.dicom_series`; ``series_uids``: the series to read, default the
-    :func:`set_series_uids` setting); :class:`InputError` naming the path."""
+    DICOM folder (:mod:`nnunet_plus.predict.dicom_series`; ``series_uids``: the SeriesInstanceUIDs to read, the
+    CLI's ``--series-uid``, one per case folder; empty: the largest CT series); :class:`InputError` naming the
+    path."""
     path = Path(path)
     if path.is_dir():
-        return _read_dicom_series(path, _series_uids if series_uids is None else tuple(series_uids))
+        return _read_dicom_series(path, tuple(series_uids or ()))
     try:
         return read_image(path)
     except ImageReadError as exc:
@@ -260,7 +247,7 @@ def image_to_array(image: sitk.Image, path: str | Path) -> np.ndarray:
     return array
 
 
-def read_case(case: CaseInput, *, series_uids: Sequence[str] | None = None) -> tuple[np.ndarray, Geometry]:
+def read_case(case: CaseInput, *, series_uids: Sequence[str] = ()) -> tuple[np.ndarray, Geometry]:
     """Read and validate a case: ``(C, Z, Y, X)`` float32 image and the geometry of channel 0.
 
     Raises :class:`InputError` naming the file for unreadable, 2D, vector, NaN-containing images and for

@@ -9,6 +9,7 @@ Per case (``<case>`` = the input case id)::
     <case>.npz / <case>.pkl   only with --save_probabilities: nnU-Net's format ("probabilities" (K, Z, Y, X)
                               float32 in the original geometry + the properties pickle)
     <case>_overlay.png        only with --overlays
+    <case>_seg.dcm / _sr.dcm  only with --dicom-seg, for a DICOM series input (:mod:`nnunet_plus.predict.dicom_out`)
 
 Per run: ``lesions.csv`` and ``patients.csv`` (rebuilt from every ``<case>.json`` of the folder, so parts
 of a split run merge by themselves, see :func:`write_tables`), ``labels_itksnap.txt`` (ITK-SNAP label
@@ -28,12 +29,12 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnunet_plus import image_io
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.atomic import atomic_path, write_json_atomic
 from nnunet_plus.image_io import Geometry
-from nnunet_plus.predict.inputs import InputError
+from nnunet_plus.predict.errors import InputError
+from nnunet_plus.predict.inputs import is_dicom_source
 from nnunet_plus.refine import CaseResult
 from nnunet_plus.schema import LesionSchema
-from nnunet_plus.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ SLICER_COLORS = "labels_slicer.ctbl"
 RUN_INFO = "nnunet_plus_predict.json"
 #: Files written once per run; no case may write a file of the same name (:func:`check_output_names`).
 RUN_FILES = (LESIONS_CSV, PATIENTS_CSV, ITKSNAP_LABELS, SLICER_COLORS, RUN_INFO)
+SEG_SUFFIX = "_seg.dcm"
+SR_SUFFIX = "_sr.dcm"
 
 _LIVER_RGB = (221, 130, 101)
 _MALIGNANT_RGB = ((230, 25, 75), (245, 130, 48), (240, 50, 230), (128, 0, 0), (255, 225, 25))
@@ -67,11 +70,24 @@ def case_outputs(*, save_probabilities: bool = False, overlays: bool = False) ->
         (["overlay"] if overlays else [])
 
 
+def dicom_paths(output_folder: str | Path, case: str) -> dict[str, Path]:
+    """``{"seg": <case>_seg.dcm, "sr": <case>_sr.dcm}`` in ``output_folder`` (``--dicom-seg``)."""
+    folder = Path(output_folder)
+    return {"seg": folder / f"{case}{SEG_SUFFIX}", "sr": folder / f"{case}{SR_SUFFIX}"}
+
+
 def is_case_done(output_folder: str | Path, case: str, *, save_probabilities: bool = False,
-                 overlays: bool = False) -> bool:
-    """True when every output this run would write for ``case`` exists (the JSON is written last)."""
+                 overlays: bool = False, dicom_seg_input: Sequence[str | Path] | None = None) -> bool:
+    """True when every output this run would write for ``case`` exists (the JSON is written last).
+
+    ``dicom_seg_input`` (with ``--dicom-seg``: the case's input files): a case whose input is a DICOM series is
+    done only when its ``<case>_sr.dcm`` exists too (written after the SEG, before the JSON), so that a run
+    with ``--dicom-seg`` continuing a run without it writes the DICOM outputs."""
     paths = case_paths(output_folder, case)
-    return all(paths[k].is_file() for k in case_outputs(save_probabilities=save_probabilities, overlays=overlays))
+    if not all(paths[k].is_file() for k in case_outputs(save_probabilities=save_probabilities, overlays=overlays)):
+        return False
+    return dicom_seg_input is None or not is_dicom_source(dicom_seg_input) or \
+        dicom_paths(output_folder, case)["sr"].is_file()
 
 
 def check_output_names(cases: Sequence[str], output_folder: str | Path, *, save_probabilities: bool = False,

@@ -1,8 +1,8 @@
 """``--overlays``: one PNG per case, each reported lesion on its own axial slice with contour, type, probability.
 
 Panels are the axial slice (numpy axis 0) where the lesion has its largest area, the CT shown in an
-abdominal window (W 400, L 50 HU; rendered with matplotlib's Agg
-canvas directly, no pyplot state, so it is safe in worker threads), the lesion contour in its label colour, the liver contour in brown.
+abdominal window (W 400, L 50 HU; rendered with matplotlib's Agg canvas directly, no pyplot state, so it is
+safe in worker threads), the lesion contour in its label colour, the liver contour in brown.
 A case without lesions gets one panel (the slice with the most liver) titled "no lesion". Slices thinner than
 2 voxels (a 1 x 1 x 1 image, a single row) are outlined too (:func:`_contour`).
 """
@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_plus.predict.outputs import atomic_path, label_colors
+from nnunet_plus.atomic import atomic_path
+from nnunet_plus.predict.outputs import label_colors
 from nnunet_plus.schema import LesionSchema
 
 #: at most this many panels (largest lesions first); the title says how many were left out

@@ -22,18 +22,20 @@ unknown extensions (nnU-Net's dataset.json, plans.json, ...) are ignored in DIR.
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from nnunet_plus.image_io import Geometry
-from nnunet_plus.predict.inputs import (CaseInput, InputError, check_output_folder, discover_cases, image_to_array,
+from nnunet_plus.predict.dicom_out import DicomRequest
+from nnunet_plus.predict.errors import InputError
+from nnunet_plus.predict.inputs import (CaseInput, check_output_folder, discover_cases, image_to_array,
                                         prepare_output_folder, read_case, read_sitk)
+from nnunet_plus.predict.runner import RunReport, finish_run, run_pipeline, select_cases, write_case_outputs
 from nnunet_plus.refine import CaseRefiner
-from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
-from nnunet_plus.safe_load import load_properties
+from nnunet_plus.safe_load import load_properties, load_softmax
 
 _PROBABILITY_TOLERANCE = 1e-3
 _SUM_TOLERANCE = 1e-2  # float16 exports
@@ -77,56 +79,51 @@ def discover_sources(folder: str | Path, *, mode: str, num_classes: int,
     return {c.case: Source(kind, c) for c in cases}
 
 
-def load_source(source: Source, *, num_classes: int, image_geometry: Geometry | None = None,
-                trust_pickle: bool = False) -> tuple[np.ndarray, Geometry, dict]:
-    """``(probabilities (K, Z, Y, X) float32, geometry, nnU-Net properties)`` of one case.
+def _load_npz(npz_path: Path, pkl_path: Path, image_geometry: Geometry | None,
+              trust_pickle: bool) -> tuple[np.ndarray, Geometry, dict]:
+    """nnU-Net's ``.npz`` probabilities (:func:`nnunet_plus.safe_load.load_softmax`) and their geometry, from the
+    case's image when given (the ``.pkl`` is then not read, unless ``trust_pickle``), else from the ``.pkl``."""
+    try:
+        probabilities = load_softmax(npz_path).astype(np.float32, copy=False)
+    except ValueError as exc:  # load_softmax names the file; numpy's own errors (e.g. a pickled array) do not
+        message = str(exc)
+        if str(npz_path) not in message:
+            message = f"{npz_path} cannot be read as nnU-Net probabilities ({message}); export it again"
+        raise InputError(message) from exc
+    if image_geometry is not None and not trust_pickle:
+        if tuple(probabilities.shape[1:]) != image_geometry.shape_zyx:
+            raise InputError(f"{npz_path}: probabilities of shape {probabilities.shape[1:]} are not on the voxel "
+                             f"grid of the case's image (shape {image_geometry.shape_zyx})")
+        return probabilities, image_geometry, image_geometry.nnunet_properties()
+    try:
+        properties = load_properties(pkl_path, trust_pickle=trust_pickle)
+        geometry = Geometry.from_nnunet_properties(properties, probabilities.shape[1:])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(str(exc) if isinstance(exc, ValueError) else
+                         f"{pkl_path} holds no nnU-Net geometry ({type(exc).__name__}: {exc}); give the "
+                         "CT images with -i") from exc
+    return probabilities, geometry, properties
 
-    For an nnU-Net ``.npz`` the geometry comes from ``image_geometry`` (the case's CT) when given, and the
-    ``.pkl`` is not read (unless ``trust_pickle``); otherwise from the ``.pkl`` read as plain data, or with
-    ``pickle.load`` when ``trust_pickle``."""
-    source.case.check()
-    if source.kind == "npz":
-        npz_path, pkl_path = source.case.files
-        try:
-            with np.load(npz_path, allow_pickle=False) as data:
-                probabilities = np.asarray(data["probabilities"], dtype=np.float32)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputError(f"{npz_path} cannot be read as nnU-Net probabilities (truncated or corrupt file, or no "
-                             f"'probabilities' array: {exc}); export it again") from exc
-        if probabilities.ndim != 4:
-            raise InputError(f"{npz_path}: 'probabilities' must be (K, Z, Y, X), got shape {probabilities.shape}")
-        if image_geometry is not None and not trust_pickle:
-            if tuple(probabilities.shape[1:]) != image_geometry.shape_zyx:
-                raise InputError(f"{npz_path}: probabilities of shape {probabilities.shape[1:]} are not on the voxel "
-                                 f"grid of the case's image (shape {image_geometry.shape_zyx})")
-            geometry, properties = image_geometry, image_geometry.nnunet_properties()
-        else:
-            try:
-                properties = load_properties(pkl_path, trust_pickle=trust_pickle)
-                geometry = Geometry.from_nnunet_properties(properties, probabilities.shape[1:])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(str(exc) if isinstance(exc, ValueError) else
-                                 f"{pkl_path} holds no nnU-Net geometry ({type(exc).__name__}: {exc}); give the "
-                                 "CT images with -i") from exc
-        name = npz_path
-    elif source.kind == "class_images":
-        probabilities, geometry = read_case(source.case)
-        properties = geometry.nnunet_properties()
-        name = source.case.files[0]
-    else:
-        path = source.case.files[0]
-        image = read_sitk(path)
-        geometry = Geometry.of(image)
-        labels = image_to_array(image, path)
-        del image
-        values = np.unique(labels)
-        bad = [float(v) for v in values if v != int(v) or not 0 <= v < num_classes]
-        if bad:
-            raise InputError(f"{path}: label values {bad[:10]} are not labels of the dataset (0..{num_classes - 1})")
-        probabilities = np.zeros((num_classes, *labels.shape), dtype=np.float32)
-        for value in values.astype(int):
-            probabilities[value][labels == value] = 1.0
-        return probabilities, geometry, geometry.nnunet_properties()
+
+def _load_segmentation(path: Path, num_classes: int, series_uids: Sequence[str]
+                       ) -> tuple[np.ndarray, Geometry, dict]:
+    """A label map as one-hot probabilities ``(K, Z, Y, X)``; :class:`InputError` for values that are no label."""
+    image = read_sitk(path, series_uids=series_uids)
+    geometry = Geometry.of(image)
+    labels = image_to_array(image, path)
+    del image
+    values = np.unique(labels)
+    bad = [float(v) for v in values if v != int(v) or not 0 <= v < num_classes]
+    if bad:
+        raise InputError(f"{path}: label values {bad[:10]} are not labels of the dataset (0..{num_classes - 1})")
+    probabilities = np.zeros((num_classes, *labels.shape), dtype=np.float32)
+    for value in values.astype(int):
+        probabilities[value][labels == value] = 1.0
+    return probabilities, geometry, geometry.nnunet_properties()
+
+
+def _check_probabilities(name: Path, probabilities: np.ndarray, num_classes: int) -> None:
+    """:class:`InputError` naming ``name`` unless ``probabilities`` are ``num_classes`` channels of a softmax."""
     if probabilities.shape[0] != num_classes:
         raise InputError(f"{name}: {probabilities.shape[0]} probability channels, the dataset has {num_classes} "
                          "labels")
@@ -139,7 +136,36 @@ def load_source(source: Source, *, num_classes: int, image_geometry: Geometry | 
     if low < 1 - _SUM_TOLERANCE or high > 1 + _SUM_TOLERANCE:
         raise InputError(f"{name}: the {num_classes} class probabilities sum to {low:.3g}..{high:.3g} per voxel; "
                          "they must sum to 1 (a softmax over all labels, background included); export them again")
+
+
+def load_source(source: Source, *, num_classes: int, image_geometry: Geometry | None = None,
+                trust_pickle: bool = False, series_uids: Sequence[str] = ()) -> tuple[np.ndarray, Geometry, dict]:
+    """``(probabilities (K, Z, Y, X) float32, geometry, nnU-Net properties)`` of one case.
+
+    For an nnU-Net ``.npz`` the geometry comes from ``image_geometry`` (the case's CT) when given, and the
+    ``.pkl`` is not read (unless ``trust_pickle``); otherwise from the ``.pkl`` read as plain data, or with
+    ``pickle.load`` when ``trust_pickle``. ``series_uids``: the series a DICOM folder source reads (see
+    :func:`~nnunet_plus.predict.inputs.read_case`)."""
+    source.case.check()
+    if source.kind == "npz":
+        probabilities, geometry, properties = _load_npz(*source.case.files, image_geometry, trust_pickle)
+    elif source.kind == "class_images":
+        probabilities, geometry = read_case(source.case, series_uids=series_uids)
+        properties = geometry.nnunet_properties()
+    else:
+        return _load_segmentation(source.case.files[0], num_classes, series_uids)
+    _check_probabilities(source.case.files[0], probabilities, num_classes)
     return probabilities, geometry, properties
+
+
+def _read_image(case: str, images: Mapping[str, CaseInput], images_folder: str | Path | None,
+                series_uids: Sequence[str]) -> tuple[np.ndarray | None, Geometry | None]:
+    """``(image, geometry)`` of ``case`` from ``-i`` (``(None, None)`` without ``-i``)."""
+    if images_folder is None:
+        return None, None
+    if case not in images:
+        raise InputError(f"case {case!r}: no image for it in {images_folder}")
+    return read_case(images[case], series_uids=series_uids)
 
 
 def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, mode: str, refiner: CaseRefiner,
@@ -151,8 +177,10 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     """Post-process (and classify) another model's output folder into ``output_folder`` (same files as a
     normal prediction). Cases come from ``source_folder``; ``images_folder`` must hold each of them.
     ``trust_pickle``: unpickle nnU-Net's ``.pkl`` files with ``pickle.load`` (see the module docstring).
-    ``dicom_seg``: also the DICOM SEG + SR of cases whose image (``images_folder``) is a DICOM series folder."""
+    ``dicom_seg``: also the DICOM SEG + SR of cases whose image (``images_folder``) is a DICOM series folder.
+    ``dicom_series_uids`` (``--series-uid``): the series DICOM folder inputs read (and reference)."""
     schema = refiner.schema
+    series_uids = tuple(dicom_series_uids or ())
     output_folder = Path(output_folder)
     sources = discover_sources(source_folder, mode=mode, num_classes=schema.num_classes, exclude=output_folder)
     images = {} if images_folder is None else \
@@ -166,13 +194,10 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     prepare_output_folder(output_folder)
 
     def prepare(case: str):
-        image = image_geometry = None
-        if images_folder is not None:
-            if case not in images:
-                raise InputError(f"case {case!r}: no image for it in {images_folder}")
-            image, image_geometry = read_case(images[case])
+        image, image_geometry = _read_image(case, images, images_folder, series_uids)
         probabilities, geometry, properties = load_source(sources[case], num_classes=schema.num_classes,
-                                                          image_geometry=image_geometry, trust_pickle=trust_pickle)
+                                                          image_geometry=image_geometry, trust_pickle=trust_pickle,
+                                                          series_uids=series_uids)
         if image_geometry is not None:
             problem = image_geometry.mismatch(geometry)
             if problem is not None:
@@ -184,11 +209,7 @@ def run_plug_and_play(source_folder: str | Path, output_folder: str | Path, *, m
     def finish(case: str, item) -> None:
         image, probabilities, geometry, properties = item
         result = refiner.refine(case, image, probabilities, geometry)
-        dicom = None
-        if dicom_seg:
-            from nnunet_plus.predict.dicom_out import DicomRequest
-
-            dicom = DicomRequest(images[case].files if case in images else (), model_id, tuple(dicom_series_uids))
+        dicom = DicomRequest(images[case].files if case in images else (), model_id, series_uids) if dicom_seg else None
         write_case_outputs(output_folder, result, schema=schema, image=image,
                            probabilities=probabilities if save_probabilities else None, properties=properties,
                            overlays=overlays, dicom=dicom)

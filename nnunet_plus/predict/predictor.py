@@ -28,12 +28,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder, trained_folds
 from nnunet_plus.image_io import Geometry
-from nnunet_plus.predict.inputs import (InputError, check_output_folder, discover_cases, prepare_output_folder,
-                                        read_case)
+from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder, trained_folds
+from nnunet_plus.predict.dicom_out import DicomRequest, model_id_of
+from nnunet_plus.predict.errors import InputError
+from nnunet_plus.predict.inputs import check_output_folder, discover_cases, prepare_output_folder, read_case
+from nnunet_plus.predict.runner import RunReport, finish_run, run_pipeline, select_cases, write_case_outputs
 from nnunet_plus.refine import CaseRefiner, CaseResult
-from nnunet_plus.predict.runner import (RunReport, finish_run, run_pipeline, select_cases, write_case_outputs)
 from nnunet_plus.safe_load import check_checkpoint
 from nnunet_plus.schema import LesionSchema
 
@@ -203,8 +204,9 @@ class PLUSPredictor:
             raise InputError(f"{name}: {described}; the header spacing is wrong, fix it (e.g. SimpleITK SetSpacing)")
         factor = float(np.prod(new.astype(float)) / np.prod(shape))
         if factor > UPSAMPLING_WARNING:
-            logger.warning("%s: %s (%.0fx the voxels, %.3g GiB per channel as float32): this may take long; check the header "
-                           "spacing", name, described, factor, float(np.prod(new.astype(float))) * 4 / 2 ** 30)
+            logger.warning("%s: %s (%.0fx the voxels, %.3g GiB per channel as float32): this may take long; check "
+                           "the header spacing", name, described, factor,
+                           float(np.prod(new.astype(float))) * 4 / 2 ** 30)
         return tuple(int(n) for n in new)
 
     def preprocess(self, image: np.ndarray, geometry: Geometry, *, name: str | Path = "image"
@@ -263,10 +265,12 @@ class PLUSPredictor:
                        dicom_series_uids: Sequence[str] = ()) -> RunReport:
         """Predict every case of ``input_folder`` (naming rule: nnunet_plus.predict.inputs) into
         ``output_folder``; a failing case is reported in the returned :class:`RunReport`, the others go on.
-        ``dicom_seg``: also ``<case>_seg.dcm`` + ``<case>_sr.dcm`` for DICOM series inputs
-        (:mod:`nnunet_plus.predict.dicom_out`; ``dicom_series_uids``: ``--series-uid``)."""
+        ``dicom_series_uids`` (``--series-uid``): the series DICOM folder inputs read (and reference), see
+        :func:`~nnunet_plus.predict.inputs.read_case`. ``dicom_seg``: also ``<case>_seg.dcm`` + ``<case>_sr.dcm``
+        for DICOM series inputs (:mod:`nnunet_plus.predict.dicom_out`)."""
         self._require_initialized()
         output_folder = Path(output_folder)
+        series_uids = tuple(dicom_series_uids or ())
         inputs = {c.case: c for c in discover_cases(input_folder, num_channels=self.num_channels,
                                                      exclude=output_folder)}
         check_output_folder(output_folder, {"-i": input_folder}, inputs.values())
@@ -280,7 +284,7 @@ class PLUSPredictor:
         schema = self.schema
 
         def prepare(case: str):
-            image, geometry = read_case(inputs[case])
+            image, geometry = read_case(inputs[case], series_uids=series_uids)
             data, properties = self.preprocess(image, geometry, name=inputs[case].files[0])
             return image, geometry, data, properties
 
@@ -295,10 +299,7 @@ class PLUSPredictor:
             result = self.refiner.refine(case, image, probabilities, geometry)
             dicom = None
             if dicom_seg:
-                from nnunet_plus.predict.dicom_out import DicomRequest, model_id_of
-
-                dicom = DicomRequest(inputs[case].files, model_id_of(self.info.get("model_folder")),
-                                     tuple(dicom_series_uids or ()))
+                dicom = DicomRequest(inputs[case].files, model_id_of(self.info.get("model_folder")), series_uids)
             write_case_outputs(output_folder, result, schema=schema, image=image,
                                probabilities=probabilities if save_probabilities else None,
                                properties=properties, overlays=overlays, dicom=dicom)

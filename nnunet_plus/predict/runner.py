@@ -25,11 +25,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_plus.atomic import write_json_atomic
 from nnunet_plus.predict.outputs import (RUN_INFO, case_paths, check_output_names, is_case_done, write_case,
                                          write_label_descriptions, write_probabilities, write_tables)
 from nnunet_plus.refine import CaseResult
 from nnunet_plus.schema import LesionSchema
-from nnunet_plus.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,10 @@ def select_cases(cases: Sequence[str], output_folder: str | Path, *, num_parts: 
                  overlays: bool = False, dicom_inputs: Mapping[str, Sequence[Path]] | None = None
                  ) -> tuple[list[str], list[str]]:
     """``(to_do, skipped)``: this part's share of the sorted cases (nnU-Net's ``cases[part_id::num_parts]``),
-    minus the finished ones when ``continue_prediction``. ``cases`` are all the cases of the input: names whose
-    outputs would collide are refused first (:func:`~nnunet_plus.predict.outputs.check_output_names`).
-    ``dicom_inputs`` (with ``--dicom-seg``: each case's input files): a case whose input is a DICOM series is
-    finished only when its ``<case>_sr.dcm`` exists too (written after the SEG, before the JSON), so that a run
-    with ``--dicom-seg`` continuing a run without it writes the DICOM outputs."""
+    minus the finished ones when ``continue_prediction`` (:func:`~nnunet_plus.predict.outputs.is_case_done`).
+    ``cases`` are all the cases of the input: names whose outputs would collide are refused first
+    (:func:`~nnunet_plus.predict.outputs.check_output_names`). ``dicom_inputs`` (with ``--dicom-seg``: each
+    case's input files): a DICOM series case is finished only when its ``<case>_sr.dcm`` exists too."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise ValueError(f"-part_id must be in 0..num_parts-1 (counting starts at 0), got -num_parts {num_parts} "
                          f"-part_id {part_id}")
@@ -71,12 +70,8 @@ def select_cases(cases: Sequence[str], output_folder: str | Path, *, num_parts: 
     if not continue_prediction:
         return mine, []
     done = [c for c in mine if is_case_done(output_folder, c, save_probabilities=save_probabilities,
-                                            overlays=overlays)]
-    if dicom_inputs is not None:
-        from nnunet_plus.predict.dicom_out import dicom_paths, is_dicom_source
-
-        done = [c for c in done if not is_dicom_source(dicom_inputs.get(c, ()))
-                or dicom_paths(output_folder, c)["sr"].is_file()]
+                                            overlays=overlays,
+                                            dicom_seg_input=None if dicom_inputs is None else dicom_inputs.get(c, ()))]
     finished = set(done)
     return [c for c in mine if c not in finished], done
 

@@ -107,7 +107,7 @@ def write_project(root: Path) -> SimpleNamespace:
 def cls_project(tmp_path_factory) -> SimpleNamespace:
     """The synthetic project with its candidate bank in ``project.bank`` (see the module docstring)."""
     from nnunet_plus.classifier.bank import build_candidate_bank
-    from nnunet_plus.classifier.bank_io import BankSettings
+    from nnunet_plus.classifier.bank_settings import BankSettings
 
     project = write_project(tmp_path_factory.mktemp("cls_project"))
     project.settings = BankSettings(roi_shape=(16, 32, 32), liver_shape=(16, 32, 32))
@@ -121,7 +121,8 @@ def cls_project(tmp_path_factory) -> SimpleNamespace:
 
 def make_trainer(project: SimpleNamespace, output: Path, fold: int, **settings):
     """A tiny-preset trainer of ``fold`` writing into ``output``."""
-    from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
+    from nnunet_plus.classifier.trainer.fold_trainer import PLUSClassifierTrainer
+    from nnunet_plus.classifier.trainer.settings import TrainerSettings
 
     options = {"epochs": 1, "preset": "tiny", **settings}
     return PLUSClassifierTrainer(project.bank, output, fold=fold, train_cases=project.splits[fold]["train"],

@@ -9,10 +9,13 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_plus.classifier import bank as bank_module
-from nnunet_plus.classifier.bank import (bank_from_nnunet_results, build_candidate_bank, build_case_candidates,
-                                         target_spacing_from_plans)
-from nnunet_plus.classifier.bank_io import (ARRAY_SPEC, BankSettings, CandidateBankError, load_case_bank,
-                                            read_bank_metadata, save_case_bank)
+from nnunet_plus.classifier.bank import build_candidate_bank
+from nnunet_plus.classifier.bank_inputs import bank_case_files
+from nnunet_plus.classifier.bank_io import (ARRAY_SPEC, CandidateBankError, load_case_bank, read_bank_metadata,
+                                            save_case_bank)
+from nnunet_plus.classifier.bank_nnunet import bank_from_nnunet_results, target_spacing_from_plans
+from nnunet_plus.classifier.bank_settings import BankSettings
+from nnunet_plus.classifier.candidate_arrays import build_case_candidates
 from nnunet_plus.schema import build_schema
 
 LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}
@@ -370,7 +373,7 @@ def test_folder_build_with_extra_cases(folder_layout):
     assert meta["cases"]["more_000"]["extra"] is True and meta["cases"]["more_000"]["raw_dir"] == str(extra)
     assert not meta["cases"]["liver_000"].get("extra")
     assert load_case_bank(paths[2]).num_candidates == 4  # the same case as liver_001, from the extra folder
-    images, label = bank_module.bank_case_files(raw, json.loads((raw / "dataset.json").read_text()), "more_000",
+    images, label = bank_case_files(raw, json.loads((raw / "dataset.json").read_text()), "more_000",
                                                 meta["cases"]["more_000"])
     assert images == [extra / "imagesTr" / "more_000_0000.nii.gz"] and label == extra / "labelsTr" / "more_000.nii.gz"
     with pytest.raises(CandidateBankError, match=r"different \['extra_dir \(--extra-cases\)'\]"):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from nnunet_plus.classifier.crops import (bounding_box, candidate_rois, lesion_grid, lesion_roi, liver_input,
-                                          normalise_intensity, sample_grid)
+                                          normalise_intensity)
+from nnunet_plus.classifier.resampling import sample_grid
 
 DEMO_SPACING = (6.0, 5.0, 5.0)  # the demo's voxel spacing (z, y, x) mm
 

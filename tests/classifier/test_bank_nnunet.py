@@ -6,7 +6,7 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_plus.classifier.bank import bank_from_nnunet_results
+from nnunet_plus.classifier.bank_nnunet import bank_from_nnunet_results
 from nnunet_plus.classifier.bank_io import load_case_bank, read_bank_metadata
 
 

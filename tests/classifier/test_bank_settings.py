@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnunet_plus.classifier.bank import build_case_candidates
-from nnunet_plus.classifier.bank_io import BankSettings, bank_metadata
+from nnunet_plus.classifier.bank_io import bank_metadata
+from nnunet_plus.classifier.bank_settings import BankSettings
+from nnunet_plus.classifier.candidate_arrays import build_case_candidates
 from nnunet_plus.classifier.cli import bank_settings, build_parser, main
 from nnunet_plus.classifier.crops import candidate_rois
 from nnunet_plus.schema import build_schema

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from nnunet_plus.classifier import bank as bank_module
-from nnunet_plus.classifier.bank import build_candidate_bank, build_case_candidates
-from nnunet_plus.classifier.bank_io import BankSettings, CandidateBankError, load_case_bank, read_bank_metadata
+from nnunet_plus.classifier.bank import build_candidate_bank
+from nnunet_plus.classifier.bank_io import CandidateBankError, load_case_bank, read_bank_metadata
+from nnunet_plus.classifier.bank_settings import BankSettings
+from nnunet_plus.classifier.candidate_arrays import build_case_candidates
 from nnunet_plus.classifier.shuffle import shuffle_case, shuffle_lesions, shuffle_objects, shuffled_case_id
 from nnunet_plus.classifier.splits import SplitError, check_bank_for_fold
 from nnunet_plus.schema import build_schema

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_amp_training_and_inference_on_cuda(cls_project, tmp_path):
-    from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
+    from nnunet_plus.classifier.trainer.fold_trainer import PLUSClassifierTrainer
+    from nnunet_plus.classifier.trainer.settings import TrainerSettings
 
     fold = tmp_path / "fold_0"
     trainer = PLUSClassifierTrainer(cls_project.bank, fold, fold=0, train_cases=cls_project.splits[0]["train"],

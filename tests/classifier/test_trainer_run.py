@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,10 @@ from nnunet_plus.classifier.checkpoint import load_checkpoint, save_checkpoint
 from nnunet_plus.classifier.cli import main
 from nnunet_plus.classifier.data import CandidateDataset
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
-from nnunet_plus.classifier.trainer import CANDIDATE_TABLES_FILE, load_candidate_tables
+from nnunet_plus.classifier.trainer.fold_files import NoCandidateError, fold_complete, read_history, read_skipped
+from nnunet_plus.classifier.trainer.settings import TrainerSettings
+from nnunet_plus.classifier.trainer.train_fold import train_classifier_fold
+from nnunet_plus.classifier.trainer.scoring import CANDIDATE_TABLES_FILE, load_candidate_tables
 from nnunet_plus.evaluation.summary import summarize
 from nnunet_plus.nnunet_validation import validate_folder
 
@@ -56,6 +60,19 @@ def test_one_epoch_writes_checkpoints_progress_and_summary(trained_folds):
     assert counts == {k: scores["lesion"][k] for k in ("tp", "fl", "fp", "fn")}
     assert summary["comparison"]["lesion F1"]["baseline"] == alone["lesion_level"]["f1"]
     assert (fold / "validation" / "comparison.txt").read_text().startswith("Comparison: nnU-Net vs nnU-Net + PLUS")
+
+
+def test_history_json_holds_the_epochs_and_says_done_last(trained_folds):
+    """history.json: the checkpoint's per-epoch records as JSON, ``done`` once the validation is written."""
+    for fold in (trained_folds.classifier / "fold_0", trained_folds.classifier / "fold_1"):
+        history = read_history(fold)
+        ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+        assert history["done"] is True and fold_complete(fold)
+        assert history["fold"] == ckpt["fold"] and history["epochs"] == 1 and history["best"] == ckpt["best"]
+        assert [r["epoch"] for r in history["history"]] == [0]
+        assert history["history"] == json.loads(json.dumps(ckpt["history"]))
+        assert set(history["history"][0]) >= {"lr", "train_total", "val_total", "lesion_f1", "lesion_counts"}
+    assert read_history(trained_folds.classifier) is None and not fold_complete(trained_folds.classifier)
 
 
 def test_summary_has_the_metric_set_and_figures_of_plus_summary(trained_folds, tmp_path):
@@ -113,6 +130,8 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, cls_helpers
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
     assert len(list((tmp_path / "b").glob("training_log_*.txt"))) == 2  # one log per session
+    history = read_history(tmp_path / "b")  # both epochs; not done: validate=False wrote no validation summary
+    assert [r["epoch"] for r in history["history"]] == [0, 1] and history["done"] is False
 
 
 def test_resume_refuses_other_settings(trained_folds, cls_helpers, tmp_path):
@@ -150,10 +169,35 @@ def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatc
     # --c on a finished fold: nothing to train, the validation is rewritten
     assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "--c",
                  "--lr", "3e-4", "--class-weight-power", "0.5", "--quiet"]) == 0
-    # a new training (no --c) replaces the earlier final checkpoint
-    assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "2", "--preset", "tiny", "-np",
-                 "1", "--quiet"]) == 0
+    # a new training (no --c) replaces the earlier final checkpoint; the Python API does what the command does
+    result = train_classifier_fold(project.dataset, "3d_fullres", 1, settings=TrainerSettings(epochs=2, preset="tiny"),
+                                   device="cpu", num_processes=1, quiet=True)
     assert load_checkpoint(fold / "checkpoint_final.pth")["epoch"] == 2
+    assert result.fold_folder == fold and result.bank_dir == project.classifier / "candidate_bank"
+    assert len(result.bank_files) == 6 and result.summary["meta"]["epoch"] == 2
+    assert result.summary == json.loads((fold / "validation" / "summary.json").read_text())
+    assert fold_complete(fold) and len(read_history(fold)["history"]) == 2
+
+
+def test_cli_writes_skipped_json_when_the_training_cases_hold_no_candidate(cls_helpers, tmp_path, monkeypatch,
+                                                                          capsys):
+    """No candidate to learn from: a typed error, ``fold_k/skipped.json`` with the reason and exit 1; a later
+    successful run of the fold removes that record."""
+    project = cls_helpers.write_project(tmp_path)
+    _env(monkeypatch, project)
+    args = [project.dataset, "3d_fullres", "0", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "-np", "1",
+            "--quiet"]
+    fold = project.classifier / "fold_0"
+    with monkeypatch.context() as patched:
+        patched.setattr(CandidateDataset, "class_counts", lambda self: np.zeros(3, dtype=np.int64))
+        assert main(args) == 1
+    reason = read_skipped(fold)
+    assert reason.startswith("nnU-Net found no lesion candidate in the 3 training cases of fold 0")
+    assert f"nnunet_plus_train_classifier: error: {reason}" in capsys.readouterr().err
+    assert json.loads((fold / "skipped.json").read_text()) == {"reason": reason}
+    assert not fold_complete(fold) and not (fold / "checkpoint_final.pth").exists()
+    assert main(args) == 0
+    assert read_skipped(fold) is None and fold_complete(fold)
 
 
 def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
@@ -187,13 +231,13 @@ def test_distill_fusion_and_patient_best_metric(cls_project, cls_helpers, tmp_pa
 
 
 def test_no_candidate_in_the_training_cases_is_a_clear_error(cls_project, tmp_path):
-    from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
+    from nnunet_plus.classifier.trainer.fold_trainer import PLUSClassifierTrainer
 
     trainer = PLUSClassifierTrainer(cls_project.bank, tmp_path, fold=0, train_cases=["cls_002"],  # healthy, none
                                     val_cases=["cls_000"], raw_dataset_dir=cls_project.raw,
                                     dataset_name=cls_project.dataset, settings=TrainerSettings(preset="tiny"))
-    with pytest.raises(ValueError, match=r"no lesion candidate in the 1 training cases of fold 0, even at the "
-                                         r"highest sensitivity \(f=4\)"):
+    with pytest.raises(NoCandidateError, match=r"no lesion candidate in the 1 training cases of fold 0, even at the "
+                                               r"highest sensitivity \(f=4\)"):
         trainer.run_training()
     with pytest.raises(ValueError, match="training and the validation set"):
         PLUSClassifierTrainer(cls_project.bank, tmp_path, fold=0, train_cases=["cls_000"], val_cases=["cls_000"],

@@ -1,10 +1,11 @@
-"""match_lesions / assign_tiers: one-to-one assignment, criteria, ignored references, per-class counts."""
+"""match_lesions / match_overlaps / assign_tiers: one-to-one assignment, criteria, ignored references, per-class
+counts."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nnunet_plus.postprocessing import assign_tiers, match_lesions, overlap_table
+from nnunet_plus.postprocessing import assign_one_to_one, assign_tiers, match_lesions, match_overlaps, overlap_table
 
 
 def _row(*segments, length=12) -> np.ndarray:
@@ -134,3 +135,28 @@ def test_assign_tiers():
     high = _row((1, 0, 3), (2, 4, 5), (3, 6, 9), (4, 12, 13), length=14)
     assert assign_tiers(base, high) == {1: "confident", 2: "suspicious", 3: "confident", 4: "suspicious"}
     assert assign_tiers(_row(), _row()) == {}
+
+
+def test_assign_one_to_one_on_table_rows():
+    # ref 1 - pred 1: 5, ref 1 - pred 2: 4, ref 2 - pred 1: 4 -> (1, 2) + (2, 1) = 8 beats (1, 1) = 5
+    assert assign_one_to_one([1, 1, 2], [1, 2, 1], [5, 4, 4]) == [(1, 2), (2, 1)]
+    assert assign_one_to_one([], [], []) == []
+
+
+@pytest.mark.parametrize("criterion", ["overlap", "dice:0.3"])
+def test_match_overlaps_is_the_core_of_match_lesions(criterion):
+    """match_lesions = match_overlaps on the overlap table (the classifier's rule scores replay the latter)."""
+    reference = _row((1, 0, 4), (2, 5, 7), (3, 9, 10))
+    predicted = _row((1, 0, 6), (2, 8, 12))
+    ref_labels, pred_labels = {1: 2, 2: 3, 3: 2}, {1: 3, 2: 2}
+    expected = match_lesions(reference, ref_labels, predicted, pred_labels, criterion=criterion,
+                             ignored_reference_ids=[3])
+    ref_ids, pred_ids, shared = overlap_table(reference, predicted)
+    eligible = None
+    if criterion != "overlap":
+        sizes_ref, sizes_pred = np.bincount(reference.ravel()), np.bincount(predicted.ravel())
+        eligible = 2.0 * shared / (sizes_ref[ref_ids] + sizes_pred[pred_ids]) > 0.3
+    result = match_overlaps(ref_ids, pred_ids, shared, ref_labels, pred_labels, ignored_reference_ids=[3],
+                            eligible=eligible)
+    assert result == expected
+    assert result.fp == []                   # pred 2 overlaps only the ignored ref 3: no FP

@@ -21,8 +21,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, gen
 
 from nnunet_plus.image_io import Geometry  # noqa: E402
 from nnunet_plus.predict import cli  # noqa: E402
-from nnunet_plus.predict.inputs import (InputError, discover_cases, read_case, read_sitk,  # noqa: E402
-                                        set_series_uids)
+from nnunet_plus.predict.errors import InputError  # noqa: E402
+from nnunet_plus.predict.inputs import discover_cases, read_case, read_sitk  # noqa: E402
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: an oblique but orthonormal plane (rotated 30 degrees about z, then 20 about x)
@@ -92,13 +92,6 @@ def _sitk_reading(folder: Path, uid: str | None = None) -> sitk.Image:
     return sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
 
 
-@pytest.fixture(autouse=True)
-def _no_global_series_choice():
-    set_series_uids(None)
-    yield
-    set_series_uids(None)
-
-
 # ---- clean series --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("orientation", [AXIAL, OBLIQUE], ids=["axial", "oblique"])
 def test_clean_series_matches_simpleitk(tmp_path, orientation):
@@ -135,7 +128,7 @@ def two_series(tmp_path):
 
 
 def test_several_series_largest_ct_chosen_and_logged(two_series, caplog):
-    with caplog.at_level(logging.INFO, logger="nnunet_plus.predict.dicom_series"):
+    with caplog.at_level(logging.INFO, logger="nnunet_plus.predict.dicom_scan"):
         image = read_sitk(two_series.folder)
     assert image.GetSize() == (16, 16, 8)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), _volume(1, depth=8))
@@ -148,9 +141,9 @@ def test_series_uid_picks_another_series(two_series):
     image = read_sitk(two_series.folder, series_uids=[two_series.small.uid])
     assert image.GetSize() == (16, 16, 5)
     assert image.GetOrigin() == pytest.approx((-20.0, -30.0, 60.0))
-    set_series_uids([two_series.small.uid])  # the process-wide setting the CLI makes
-    np.testing.assert_array_equal(read_case(discover_cases(two_series.folder.parent, num_channels=1)[0])[0][0],
-                                  _volume(2, depth=5))
+    case = discover_cases(two_series.folder.parent, num_channels=1)[0]
+    np.testing.assert_array_equal(read_case(case, series_uids=[two_series.small.uid])[0][0], _volume(2, depth=5))
+    np.testing.assert_array_equal(read_case(case)[0][0], _volume(1, depth=8))  # no setting left behind
 
 
 def test_unknown_series_uid_lists_the_series(two_series):
@@ -165,17 +158,23 @@ def test_unknown_series_uid_lists_the_series(two_series):
 def test_cli_series_uid_reaches_the_reader_and_errors_in_one_line(two_series, tmp_path, monkeypatch, capsys):
     seen = {}
 
-    def fake_run(args, device):  # the reading the real run does per case, without a model
-        seen["size"] = read_sitk(two_series.folder).GetSize()
-        return SimpleNamespace(done=["exam"], skipped=[], failures=[])
+    class FakePredictor:  # the reading the real run does per case (read_case of each input), without a model
+        @classmethod
+        def from_dataset(cls, *args, **options):
+            return cls()
 
-    monkeypatch.setattr(cli, "_run_predict", fake_run)
+        def predict_folder(self, input_folder, output_folder, *, dicom_series_uids=(), **options):
+            case = {c.case: c for c in discover_cases(input_folder, num_channels=1)}["exam"]
+            seen["size"] = read_case(case, series_uids=dicom_series_uids)[0].shape
+            return SimpleNamespace(done=["exam"], skipped=[], failures=[])
+
+    monkeypatch.setattr("nnunet_plus.predict.predictor.PLUSPredictor", FakePredictor)
     monkeypatch.setattr(cli, "_device", lambda name: "cpu")
     monkeypatch.setattr(cli, "ensure_ext_trainer_env", lambda: None)
     flags = ["-i", str(two_series.folder.parent), "-o", str(tmp_path / "out"), "-d", "1", "-c", "3d_fullres"]
     assert cli.main([*flags, "--series-uid", two_series.small.uid]) == 0
-    assert seen["size"] == (16, 16, 5)
-    assert cli.main(flags) == 0 and seen["size"] == (16, 16, 8)  # no flag: the setting is reset
+    assert seen["size"] == (1, 5, 16, 16)
+    assert cli.main(flags) == 0 and seen["size"] == (1, 8, 16, 16)  # no flag: the largest CT series
     assert cli.main([*flags, "--series-uid", "9.9.9"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("nnunet_plus_predict: error: ") and "no series with --series-uid 9.9.9" in err[-1]

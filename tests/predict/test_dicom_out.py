@@ -1,5 +1,6 @@
-"""DICOM SEG + SR outputs (nnunet_plus.predict.dicom_out): a pydicom-written CT series, synthetic label maps and
-case records (no nnU-Net), read back with highdicom (and dciodvfy / dcmqi where installed)."""
+"""DICOM SEG + SR outputs (nnunet_plus.predict.dicom_out and its dicom_seg, dicom_sr, dicom_codes): a
+pydicom-written CT series, synthetic label maps and case records (no nnU-Net), read back with highdicom (and
+dciodvfy / dcmqi where installed)."""
 from __future__ import annotations
 
 import datetime
@@ -19,6 +20,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # 
 
 from nnunet_plus.image_io import Geometry  # noqa: E402
 from nnunet_plus.predict import dicom_out  # noqa: E402
+from nnunet_plus.predict.dicom_codes import LOCAL_SCHEME, label_concepts  # noqa: E402
+from nnunet_plus.predict.dicom_seg import label_map_from_seg  # noqa: E402
+from nnunet_plus.predict.dicom_sr import read_sr_report  # noqa: E402
+from nnunet_plus.predict.errors import DicomOutputError  # noqa: E402
 from nnunet_plus.predict.inputs import read_sitk  # noqa: E402
 from nnunet_plus.refine import CaseResult  # noqa: E402
 from nnunet_plus.schema import build_schema  # noqa: E402
@@ -149,7 +154,7 @@ def test_seg_round_trip(written, series, schema):
                   for item in s.ReferencedInstanceSequence}
     assert referenced == {ds.SOPInstanceUID for ds in source}  # the scout is not referenced
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
-    label_map, instances = dicom_out.label_map_from_seg(seg, schema, [ds.SOPInstanceUID for ds in source])
+    label_map, instances = label_map_from_seg(seg, schema, [ds.SOPInstanceUID for ds in source])
     np.testing.assert_array_equal(label_map, result.label_map)
     np.testing.assert_array_equal(instances, result.instances)
     # same patient space: each frame lies on its source slice
@@ -184,7 +189,7 @@ def test_sr_lists_the_record(written, schema):
     result, paths, _ = written
     sr = hd.sr.srread(paths["sr"])
     seg = hd.seg.segread(paths["seg"])
-    report = dicom_out.read_sr_report(sr, schema)
+    report = read_sr_report(sr, schema)
     assert report["patient"] == {"class": "hcc"}
     assert [r["id"] for r in report["lesions"]] == [1, 2, 3, 4]
     tracking = {seg.get_segment_description(n).get("TrackingID"): n for n in seg.get_segment_numbers()}
@@ -206,7 +211,7 @@ def test_no_lesion_case_writes_sr_only_when_nothing_segmented(series, schema, tm
     paths = dicom_out.write_dicom_outputs(tmp_path, "empty", empty, empty.astype(np.int32), record, geometry,
                                           schema, source_files=(series,))
     assert set(paths) == {"sr"}
-    report = dicom_out.read_sr_report(hd.sr.srread(paths["sr"]), schema)
+    report = read_sr_report(hd.sr.srread(paths["sr"]), schema)
     assert report == {"lesions": [], "patient": {"class": "normal"}}
 
 
@@ -228,7 +233,7 @@ def test_grid_not_on_the_slices_is_refused(series, schema, tmp_path, caplog):
     shifted = Geometry(geometry.size, geometry.spacing, (geometry.origin[0], geometry.origin[1],
                                                          geometry.origin[2] + 1.0), geometry.direction)
     result = synthetic_case(schema, shifted)
-    with pytest.raises(dicom_out.DicomOutputError, match="slices of the predicted grid"):
+    with pytest.raises(DicomOutputError, match="slices of the predicted grid"):
         dicom_out.write_dicom_outputs(tmp_path, "x", result.label_map, result.instances, result.record, shifted,
                                       schema, source_files=(series,))
     with caplog.at_level(logging.WARNING, logger="nnunet_plus.predict.dicom_out"):
@@ -238,14 +243,14 @@ def test_grid_not_on_the_slices_is_refused(series, schema, tmp_path, caplog):
 
 
 def test_label_concepts_are_unique(schema):
-    concepts = dicom_out.label_concepts(schema)
+    concepts = label_concepts(schema)
     keys = [(c.type[0], c.type[1]) for c in concepts.values()]
     assert len(keys) == len(set(keys))
-    assert concepts[LABELS["fnh"]].type[1] == dicom_out.LOCAL_SCHEME
+    assert concepts[LABELS["fnh"]].type[1] == LOCAL_SCHEME
     duplicate = build_schema({"background": 0, "liver": 1, "cyst": 2, "Cyst": 3}, liver=("liver",),
                              lesions=("cyst", "Cyst"), malignant=(), benign=("cyst", "Cyst"))
-    concepts = dicom_out.label_concepts(duplicate)
-    assert concepts[2].type[0] == "367643001" and concepts[3].type == ("Cyst", dicom_out.LOCAL_SCHEME, "Cyst")
+    concepts = label_concepts(duplicate)
+    assert concepts[2].type[0] == "367643001" and concepts[3].type == ("Cyst", LOCAL_SCHEME, "Cyst")
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) is not on PATH")
@@ -269,7 +274,7 @@ def test_dcmqi_reads_the_seg(written, schema, tmp_path):
                           str(tmp_path), "-t", "nrrd", "-p", "seg"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     seg = hd.seg.segread(paths["seg"])
-    value_of = {(c.type[0], c.type[1]): v for v, c in dicom_out.label_concepts(schema).items()}
+    value_of = {(c.type[0], c.type[1]): v for v, c in label_concepts(schema).items()}
     reference = geometry.apply(sitk.GetImageFromArray(np.zeros(SHAPE, np.uint8)))
     rebuilt = np.zeros(SHAPE, np.uint8)
     for number in seg.get_segment_numbers():
@@ -332,9 +337,9 @@ def test_cli_dicom_seg_end_to_end(schema, tmp_path, monkeypatch, caplog):
     assert len(record["lesions"]) == 4
     source = _sorted_source(series)
     seg = hd.seg.segread(out / "ct_001_seg.dcm")
-    rebuilt, _ = dicom_out.label_map_from_seg(seg, schema, [ds.SOPInstanceUID for ds in source])
+    rebuilt, _ = label_map_from_seg(seg, schema, [ds.SOPInstanceUID for ds in source])
     np.testing.assert_array_equal(rebuilt, label_map)
-    report = dicom_out.read_sr_report(hd.sr.srread(out / "ct_001_sr.dcm"), schema)
+    report = read_sr_report(hd.sr.srread(out / "ct_001_sr.dcm"), schema)
     assert report["patient"]["class"] == record["patient"]["class"]
     assert [(r["id"], r["class"], r["tier"]) for r in report["lesions"]] == \
         [(r["id"], r["class"], r["tier"]) for r in record["lesions"]]

@@ -16,7 +16,8 @@ pydicom = pytest.importorskip("pydicom")
 
 
 def test_predicted_dicom_case_gets_a_matching_seg_and_sr(cli, tiny_trained_model, mixed_inputs, tmp_path):
-    from nnunet_plus.predict import dicom_out
+    from nnunet_plus.predict.dicom_seg import label_map_from_seg
+    from nnunet_plus.predict.dicom_sr import read_sr_report
     from nnunet_plus.schema import LesionSchema
 
     out = tmp_path / "out"
@@ -27,12 +28,12 @@ def test_predicted_dicom_case_gets_a_matching_seg_and_sr(cli, tiny_trained_model
     source = sorted((pydicom.dcmread(p) for p in (mixed_inputs / "dicom_case").glob("*.dcm")),
                     key=lambda ds: float(ds.ImagePositionPatient[2]))
     seg = hd.seg.segread(out / "dicom_case_seg.dcm")
-    rebuilt, _ = dicom_out.label_map_from_seg(seg, schema, [ds.SOPInstanceUID for ds in source])
+    rebuilt, _ = label_map_from_seg(seg, schema, [ds.SOPInstanceUID for ds in source])
     label_map = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "dicom_case.nii.gz")))
     assert label_map.any()  # the tiny model segments the liver at least
     np.testing.assert_array_equal(rebuilt, label_map)
     record = json.loads((out / "dicom_case.json").read_text())
-    report = dicom_out.read_sr_report(hd.sr.srread(out / "dicom_case_sr.dcm"), schema)
+    report = read_sr_report(hd.sr.srread(out / "dicom_case_sr.dcm"), schema)
     assert report["patient"]["class"] == record["patient"]["class"]
     assert [(r["id"], r["class"], r["tier"]) for r in report["lesions"]] == \
         [(r["id"], r["class"], r["tier"]) for r in record["lesions"]]

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import pandas as pd
 import torch
 
-from nnunet_plus.classifier.bank_io import BankSettings
+from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.classifier.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 from nnunet_plus.classifier.model import PLUSClassifier
 from nnunet_plus.decision_rule import DecisionRule, apply_rule

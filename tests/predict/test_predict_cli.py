@@ -15,6 +15,8 @@ from nnunet_plus.postprocessing.classify import classify_patient
 from nnunet_plus.predict.outputs import write_tables
 from nnunet_plus.schema import LesionSchema
 
+from helpers import write_image
+
 CASES = ("dicom_case", "nn_case", "plain_case")
 
 
@@ -150,19 +152,19 @@ def test_continue_prediction_only_redoes_unfinished_cases(cli, full_run, mixed_i
     assert len(pd.read_csv(out / "patients.csv")) == 3
 
 
-def test_bad_cases_fail_alone_with_the_file_named(cli, tmp_path, make_tiny_case, writers):
+def test_bad_cases_fail_alone_with_the_file_named(cli, tmp_path, make_tiny_case):
     inputs = tmp_path / "in"
     good = make_tiny_case(30)[0]
-    writers.image(good, inputs / "good.nii.gz")
+    write_image(good, inputs / "good.nii.gz")
     (inputs / "notes.txt").write_text("not an image")
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08 broken")
     nan = good.copy()
     nan[3, 4, 5] = np.nan
-    writers.image(nan, inputs / "nan.nrrd")
-    writers.image(good[0], inputs / "flat.nii.gz")
-    writers.image(good, inputs / "extra_0000.nii.gz")
-    writers.image(good, inputs / "extra_0001.nii.gz")
-    writers.image(good, inputs / "missing_0001.nii.gz")
+    write_image(nan, inputs / "nan.nrrd")
+    write_image(good[0], inputs / "flat.nii.gz")
+    write_image(good, inputs / "extra_0000.nii.gz")
+    write_image(good, inputs / "extra_0001.nii.gz")
+    write_image(good, inputs / "missing_0001.nii.gz")
     code, out, err = cli("-i", str(inputs), "-o", str(tmp_path / "out"))
     assert code == 1
     assert "1 case(s) written, 0 already done, 6 failed" in out

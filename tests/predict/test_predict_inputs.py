@@ -6,7 +6,10 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_plus.image_io import Geometry
-from nnunet_plus.predict.inputs import (InputError, discover_cases, read_case, split_image_name)
+from nnunet_plus.predict.errors import InputError
+from nnunet_plus.predict.inputs import discover_cases, read_case, split_image_name
+
+from helpers import ODD_ORIGIN, ROTATED_DIRECTION, to_sitk, write_dicom_series, write_image
 
 
 def _volume(seed: int = 0, shape=(5, 12, 10)) -> np.ndarray:
@@ -25,12 +28,12 @@ def test_split_image_name(name, expected):
     assert split_image_name(name) == expected
 
 
-def test_naming_rule_mixes_nnunet_plain_and_dicom(tmp_path, writers):
+def test_naming_rule_mixes_nnunet_plain_and_dicom(tmp_path):
     volume = _volume()
-    writers.image(volume, tmp_path / "case_a_0000.nii.gz")
-    writers.image(volume, tmp_path / "plain_ct.nrrd")
-    writers.dicom(volume, tmp_path / "dicom_case", origin=(-10.0, 20.0, -30.0))
-    writers.image(volume, tmp_path / "volume.mhd")  # header + .raw companion: one case
+    write_image(volume, tmp_path / "case_a_0000.nii.gz")
+    write_image(volume, tmp_path / "plain_ct.nrrd")
+    write_dicom_series(volume, tmp_path / "dicom_case", origin=(-10.0, 20.0, -30.0))
+    write_image(volume, tmp_path / "volume.mhd")  # header + .raw companion: one case
     (tmp_path / ".DS_Store").write_text("hidden files are ignored")
     cases = _cases(tmp_path)
     assert sorted(cases) == ["case_a", "dicom_case", "plain_ct", "volume"]
@@ -44,9 +47,9 @@ def test_naming_rule_mixes_nnunet_plain_and_dicom(tmp_path, writers):
     assert dicom_geometry.origin == pytest.approx((-10.0, 20.0, -30.0))
 
 
-def test_multichannel_cases_are_stacked_in_channel_order(tmp_path, writers):
-    writers.image(_volume(1), tmp_path / "p1_0001.nii.gz")
-    writers.image(_volume(0), tmp_path / "p1_0000.nii.gz")
+def test_multichannel_cases_are_stacked_in_channel_order(tmp_path):
+    write_image(_volume(1), tmp_path / "p1_0001.nii.gz")
+    write_image(_volume(0), tmp_path / "p1_0000.nii.gz")
     image, _ = read_case(_cases(tmp_path, 2)["p1"])
     np.testing.assert_array_equal(image[0], _volume(0))
     np.testing.assert_array_equal(image[1], _volume(1))
@@ -59,14 +62,14 @@ def test_empty_and_missing_folders_raise(tmp_path):
         discover_cases(tmp_path / "nope", num_channels=1)
 
 
-def test_missing_channel_and_wrong_channel_count(tmp_path, writers):
-    writers.image(_volume(), tmp_path / "two_0000.nii.gz")
-    writers.image(_volume(), tmp_path / "three_0000.nii.gz")
-    writers.image(_volume(), tmp_path / "three_0001.nii.gz")
-    writers.image(_volume(), tmp_path / "three_0002.nii.gz")
-    writers.image(_volume(), tmp_path / "ok_0000.nii.gz")
-    writers.image(_volume(), tmp_path / "ok_0001.nii.gz")
-    writers.image(_volume(), tmp_path / "plain.nii.gz")
+def test_missing_channel_and_wrong_channel_count(tmp_path):
+    write_image(_volume(), tmp_path / "two_0000.nii.gz")
+    write_image(_volume(), tmp_path / "three_0000.nii.gz")
+    write_image(_volume(), tmp_path / "three_0001.nii.gz")
+    write_image(_volume(), tmp_path / "three_0002.nii.gz")
+    write_image(_volume(), tmp_path / "ok_0000.nii.gz")
+    write_image(_volume(), tmp_path / "ok_0001.nii.gz")
+    write_image(_volume(), tmp_path / "plain.nii.gz")
     cases = _cases(tmp_path, num_channels=2)
     assert cases["ok"].error is None
     with pytest.raises(InputError, match=r"missing channel file\(s\) two_0001\.\*"):
@@ -77,21 +80,21 @@ def test_missing_channel_and_wrong_channel_count(tmp_path, writers):
         read_case(cases["plain"])
 
 
-def test_two_files_for_one_case(tmp_path, writers):
-    writers.image(_volume(), tmp_path / "dup.nii.gz")
-    writers.image(_volume(), tmp_path / "dup.nrrd")
+def test_two_files_for_one_case(tmp_path):
+    write_image(_volume(), tmp_path / "dup.nii.gz")
+    write_image(_volume(), tmp_path / "dup.nrrd")
     with pytest.raises(InputError, match=r"several inputs claim it \(dup\.nii\.gz, dup\.nrrd\)"):
         read_case(_cases(tmp_path)["dup"])
 
 
-def test_non_image_corrupt_2d_nan_files_name_the_file(tmp_path, writers):
+def test_non_image_corrupt_2d_nan_files_name_the_file(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
-    writers.image(_volume()[0], tmp_path / "flat.nii.gz")
+    write_image(_volume()[0], tmp_path / "flat.nii.gz")
     nan = _volume().astype(np.float32)
     nan[1, 2, 3] = np.nan
     nan[2, 2, 3] = np.inf
-    writers.image(nan, tmp_path / "nan.nrrd")  # NIfTI can't be used: ITK's NIfTI reader turns NaN into 0
+    write_image(nan, tmp_path / "nan.nrrd")  # NIfTI can't be used: ITK's NIfTI reader turns NaN into 0
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 5, 6), np.int16), isVector=False),
                     str(tmp_path / "four_d.nrrd"))
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 5, 6, 3), np.uint8), isVector=True),
@@ -118,30 +121,30 @@ def test_non_image_corrupt_2d_nan_files_name_the_file(tmp_path, writers):
     ({"origin": (0.0, 0.0, 1.0)}, "origin"),
     ({"direction": (0, 1, 0, 1, 0, 0, 0, 0, 1)}, "direction"),
 ])
-def test_channels_with_different_geometry(tmp_path, writers, change, pattern):
-    writers.image(_volume(), tmp_path / "g_0000.nii.gz")
-    writers.image(_volume(), tmp_path / "g_0001.nii.gz", **change)
+def test_channels_with_different_geometry(tmp_path, change, pattern):
+    write_image(_volume(), tmp_path / "g_0000.nii.gz")
+    write_image(_volume(), tmp_path / "g_0001.nii.gz", **change)
     with pytest.raises(InputError, match=rf"g_0001\.nii\.gz does not have the geometry of g_0000\.nii\.gz \({pattern}"):
         read_case(_cases(tmp_path, 2)["g"])
 
 
-def test_channels_with_different_size(tmp_path, writers):
-    writers.image(_volume(), tmp_path / "s_0000.nii.gz")
-    writers.image(_volume(shape=(5, 12, 11)), tmp_path / "s_0001.nii.gz")
+def test_channels_with_different_size(tmp_path):
+    write_image(_volume(), tmp_path / "s_0000.nii.gz")
+    write_image(_volume(shape=(5, 12, 11)), tmp_path / "s_0001.nii.gz")
     with pytest.raises(InputError, match=r"s_0001\.nii\.gz does not have the geometry.*size \(11, 12, 5\)"):
         read_case(_cases(tmp_path, 2)["s"])
 
 
-def test_dicom_folder_with_two_series(tmp_path, writers):
-    writers.dicom(_volume(), tmp_path / "two_series", series_uid="1.2.3.4.5.1")
-    writers.dicom(_volume(), tmp_path / "two_series", series_uid="1.2.3.4.5.2")
+def test_dicom_folder_with_two_series(tmp_path):
+    write_dicom_series(_volume(), tmp_path / "two_series", series_uid="1.2.3.4.5.1")
+    write_dicom_series(_volume(), tmp_path / "two_series", series_uid="1.2.3.4.5.2")
     with pytest.raises(InputError, match="holds 2 DICOM series"):
         read_case(_cases(tmp_path)["two_series"])
 
 
-def test_geometry_round_trips_nnunet_properties(writers):
-    image = writers.to_sitk(np.zeros((3, 4, 5), np.uint8), spacing=(0.7, 0.8, 2.5), origin=writers.odd_origin,
-                            direction=writers.rotated_direction)
+def test_geometry_round_trips_nnunet_properties():
+    image = to_sitk(np.zeros((3, 4, 5), np.uint8), spacing=(0.7, 0.8, 2.5), origin=ODD_ORIGIN,
+                            direction=ROTATED_DIRECTION)
     geometry = Geometry.of(image)
     properties = geometry.nnunet_properties()
     assert properties["spacing"] == [2.5, 0.8, 0.7]  # nnU-Net's (z, y, x)

@@ -9,11 +9,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from nnunet_plus.atomic import atomic_path, write_json_atomic
 from nnunet_plus.image_io import Geometry
-from nnunet_plus.predict.outputs import (atomic_path, build_tables, is_case_done, label_colors, write_image,
+from nnunet_plus.predict.outputs import (build_tables, is_case_done, label_colors, write_image,
                                          write_label_descriptions, write_tables)
 from nnunet_plus.schema import build_schema
-from nnunet_plus.atomic import write_json_atomic
+
+from helpers import ODD_ORIGIN, ROTATED_DIRECTION
+from helpers import write_image as write_source_image
 
 SCHEMA = build_schema({"background": 0, "liver": 1, "hcc": 2, "cyst": 3})
 
@@ -31,10 +34,10 @@ def _lesion(i, cls, volume):
             "prior": {"hcc": 0.75, "cyst": 0.125}}
 
 
-def test_write_image_keeps_geometry(tmp_path, writers):
+def test_write_image_keeps_geometry(tmp_path):
     source = tmp_path / "in.nii.gz"
-    writers.image(np.zeros((3, 4, 5), np.int16), source, spacing=(0.7, 0.8, 2.5), origin=writers.odd_origin,
-                  direction=writers.rotated_direction)
+    write_source_image(np.zeros((3, 4, 5), np.int16), source, spacing=(0.7, 0.8, 2.5), origin=ODD_ORIGIN,
+                       direction=ROTATED_DIRECTION)
     geometry = Geometry.of(sitk.ReadImage(str(source)))
     labels = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
     write_image(labels, geometry, tmp_path / "out.nii.gz")
@@ -114,6 +117,19 @@ def test_is_case_done_needs_every_requested_file(tmp_path):
     assert not is_case_done(tmp_path, "c", overlays=True)
     (tmp_path / "c.json").unlink()
     assert not is_case_done(tmp_path, "c")
+
+
+def test_dicom_case_with_dicom_seg_is_done_only_with_its_sr(tmp_path):
+    out, series, nifti = tmp_path / "out", tmp_path / "series", tmp_path / "c_0000.nii.gz"
+    series.mkdir()
+    for name in ("c.nii.gz", "c_instances.nii.gz", "c.json"):
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text("x")
+    assert is_case_done(out, "c")  # without --dicom-seg
+    assert is_case_done(out, "c", dicom_seg_input=(nifti,))  # not a DICOM series: no SEG / SR expected
+    assert not is_case_done(out, "c", dicom_seg_input=(series,))
+    (out / "c_sr.dcm").write_text("x")
+    assert is_case_done(out, "c", dicom_seg_input=(series,))
 
 
 @pytest.mark.parametrize("n_lesions", [0, 1, 14])

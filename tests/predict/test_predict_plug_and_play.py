@@ -10,6 +10,8 @@ import SimpleITK as sitk
 
 from nnunet_plus.postprocessing.seg2det import seg2det
 
+from helpers import write_image
+
 CASES = ("dicom_case", "nn_case", "plain_case")
 
 
@@ -35,7 +37,7 @@ def test_from_nnunet_probabilities_reproduces_the_prediction(cli, full_run, mixe
     assert info["mode"] == "from-probabilities"
 
 
-def test_from_class_images_without_ct(cli, full_run, tmp_path, writers):
+def test_from_class_images_without_ct(cli, full_run, tmp_path):
     source = tmp_path / "probabilities"
     with np.load(full_run / "nn_case.npz") as data:
         probabilities = data["probabilities"]
@@ -76,23 +78,23 @@ def test_from_segmentation_uses_a_one_hot_prior(cli, tiny_model_env, tmp_path):
         assert patient["livermax"] == {name: float(name in present) for name in ("hcc", "cyst")}
 
 
-def test_plug_and_play_errors_name_the_file(cli, tiny_model_env, tmp_path, writers):
+def test_plug_and_play_errors_name_the_file(cli, tiny_model_env, tmp_path):
     probabilities = tmp_path / "probabilities"
     grid = np.full((4, 6, 8, 8), 0.25, np.float32)
     for c in range(3):  # the dataset has 4 labels
-        writers.image(grid[c], probabilities / f"three_{c:04d}.nii.gz")
+        write_image(grid[c], probabilities / f"three_{c:04d}.nii.gz")
     for c in range(4):
-        writers.image(np.full((6, 8, 8), 2.0 * c - 1.0, np.float32), probabilities / f"logits_{c:04d}.nii.gz")
+        write_image(np.full((6, 8, 8), 2.0 * c - 1.0, np.float32), probabilities / f"logits_{c:04d}.nii.gz")
     code, _, err = cli("--from-probabilities", str(probabilities), "-o", str(tmp_path / "out"))
     assert code == 1
     assert "three: case 'three': wrong channel count" in err and "missing channel file(s) three_0003.*" in err
     assert "logits_0000.nii.gz: values range from -1.0 to 5.0" in err
 
     labels = tmp_path / "labels"
-    writers.image(np.full((6, 8, 8), 7, np.uint8), labels / "seven.nii.gz")
-    writers.image(np.zeros((6, 8, 8), np.uint8), labels / "no_image.nii.gz")
+    write_image(np.full((6, 8, 8), 7, np.uint8), labels / "seven.nii.gz")
+    write_image(np.zeros((6, 8, 8), np.uint8), labels / "no_image.nii.gz")
     images = tmp_path / "images"
-    writers.image(np.zeros((6, 8, 8), np.int16), images / "seven.nii.gz")
+    write_image(np.zeros((6, 8, 8), np.int16), images / "seven.nii.gz")
     code, _, err = cli("--from-segmentation", str(labels), "-i", str(images), "-o", str(tmp_path / "out2"))
     assert code == 1
     assert "seven.nii.gz: label values [7.0] are not labels of the dataset (0..3)" in err

@@ -193,7 +193,7 @@ def classifier_project(root: Path, *, build_bank: bool = True) -> SimpleNamespac
     ``project.build_bank()`` builds its candidate bank into ``project.bank`` (the settings of the ``cls_project``
     fixture), which ``build_bank`` does right away."""
     from nnunet_plus.classifier.bank import build_candidate_bank
-    from nnunet_plus.classifier.bank_io import BankSettings
+    from nnunet_plus.classifier.bank_settings import BankSettings
 
     fixtures = _classifier_fixtures()
     project = fixtures.write_project(root)

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from nnunet_plus.predict.inputs import InputError, discover_cases
+from nnunet_plus.predict.errors import InputError
+from nnunet_plus.predict.inputs import discover_cases
 
 
 def _snapshot(folder):

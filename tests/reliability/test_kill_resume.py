@@ -123,7 +123,8 @@ from pathlib import Path
 
 import torch
 
-from nnunet_plus.classifier.trainer import PLUSClassifierTrainer, TrainerSettings
+from nnunet_plus.classifier.trainer.fold_trainer import PLUSClassifierTrainer
+from nnunet_plus.classifier.trainer.settings import TrainerSettings
 
 torch.set_num_threads(1)
 
@@ -271,7 +272,8 @@ def test_demo_redoes_a_step_killed_between_its_writes(tmp_path, monkeypatch):
     """A step is done only when the files its command writes last exist (whole): a kill between two writes of a
     step (nnU-Net's own are not atomic) makes the re-run redo it, or continue it with --c, instead of skipping it
     and failing or reporting from half its outputs later."""
-    from nnunet_plus.demo import CLASSIFIER_VALIDATION_FILES, DATASET_NAME, EVALUATION_FILES, Demo
+    from nnunet_plus.classifier.trainer.fold_files import write_history
+    from nnunet_plus.demo import DATASET_NAME, EVALUATION_FILES, Demo
 
     demo = Demo(tmp_path, device="cpu", n_train=4, n_test=1, classifier_epochs=1, num_processes=1, n_extra=1)
     commands: list[list[str]] = []
@@ -307,15 +309,16 @@ def test_demo_redoes_a_step_killed_between_its_writes(tmp_path, monkeypatch):
     touch(demo.extra_predictions / "extra_0000.nii.gz")
     assert demo._extra_done()
 
-    # a classifier fold killed after checkpoint_final, before its operating point and validation: --c
+    # a classifier fold killed after checkpoint_final, before its operating point and validation (its history.json
+    # not yet done, the command's last write): --c
     fold = demo.classifier_folder / "fold_0"
     touch(fold / "checkpoint_final.pth", b"")
-    for name in CLASSIFIER_VALIDATION_FILES[:-1]:
-        touch(fold / "validation" / name)
+    touch(fold / "validation" / "summary.json")
+    write_history(fold, fold=0, epochs=1, best={}, history=[{"epoch": 0}], done=False)
     assert not demo._classifier_trained(0)
     demo.train_classifier(0)
     assert commands[-1][0] == "nnunet_plus_train_classifier" and commands[-1][-1] == "--c"
-    touch(fold / "validation" / CLASSIFIER_VALIDATION_FILES[-1])
+    write_history(fold, fold=0, epochs=1, best={}, history=[{"epoch": 0}], done=True)
     assert demo._classifier_trained(0)
 
     # evaluate killed after its summary, before the baseline summary the report reads and the plots

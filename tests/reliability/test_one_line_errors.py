@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from nnunet_plus.predict.inputs import InputError
+from nnunet_plus.predict.errors import InputError
 
 LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}
 

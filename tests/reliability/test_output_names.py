@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from nnunet_plus.predict.inputs import InputError
+from nnunet_plus.predict.errors import InputError
 
 
 @pytest.mark.parametrize("names, wanted", [

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from nnunet_plus.predict.inputs import InputError
+from nnunet_plus.predict.errors import InputError
 
 
 def test_coarse_spacing_warns_with_the_resampled_size(caplog, model_grid):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_plus.predict.inputs import InputError, discover_cases, read_case
+from nnunet_plus.predict.errors import InputError
+from nnunet_plus.predict.inputs import discover_cases, read_case
 
 
 def _one_line(message: str) -> bool:
