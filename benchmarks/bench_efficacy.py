@@ -180,7 +180,7 @@ def bank_arm_metrics(banks, tables, rule, schema, malignant: list[int], benign: 
     import numpy as np
 
     from nnunet_plus.classifier.rule_scores import score_cases
-    from nnunet_plus.classifier.inference import patient_probabilities
+    from nnunet_plus.classifier.inference import plus_patient_probabilities
     from nnunet_plus.decision_rule import apply_rule
     from nnunet_plus.evaluation.metrics import auc, binary_metrics
 
@@ -197,7 +197,7 @@ def bank_arm_metrics(banks, tables, rule, schema, malignant: list[int], benign: 
             score_tumor.append(float(bank.nnunet_patient[0]))
             score_malignant.append(float(bank.nnunet_patient[1]))
         else:
-            patient = patient_probabilities(np.asarray(table), schema)
+            patient = plus_patient_probabilities(np.asarray(table), schema)
             score_tumor.append(patient["tumor"])
             score_malignant.append(patient["malignant"])
     return {"lesion_f1": lesion["f1"], "lesion_precision": lesion["precision"], "lesion_recall": lesion["recall"],

@@ -33,7 +33,7 @@ from nnunet_plus.decision_rule import DecisionRule
 from nnunet_plus.paths import resolve_device, trained_folds
 from nnunet_plus.schema import LesionSchema
 
-__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "patient_probabilities"]
+__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "plus_patient_probabilities"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ClassifierOutput:
     patient: dict[str, float]
 
 
-def patient_probabilities(lesion_probabilities: np.ndarray, schema: LesionSchema) -> dict[str, float]:
+def plus_patient_probabilities(lesion_probabilities: np.ndarray, schema: LesionSchema) -> dict[str, float]:
     """Patient probabilities from an ``(N, L + 1)`` candidate table (see the module docstring)."""
     p = np.asarray(lesion_probabilities, dtype=np.float64)
     names = list(schema.lesions)
@@ -232,7 +232,7 @@ class PLUSInference:
         num_classes = len(self.schema.lesions)
         if not records:
             empty = np.zeros((0, num_classes + 1), dtype=np.float32)
-            return ClassifierOutput(empty, patient_probabilities(empty, self.schema))
+            return ClassifierOutput(empty, plus_patient_probabilities(empty, self.schema))
         if any(r.get("prior") is None for r in records):
             raise ValueError("analysis.detections lack the 'prior' of their candidates; run analyse_case with the "
                              "probabilities")
@@ -246,4 +246,4 @@ class PLUSInference:
                                       [index[int(r["label"])] for r in records], num_classes)
         # the bank stores crops and livers as float16: round the same way
         rows = self.predict_inputs(crops.astype(np.float16), priors, features, np.asarray(liver).astype(np.float16))
-        return ClassifierOutput(rows, patient_probabilities(rows, self.schema))
+        return ClassifierOutput(rows, plus_patient_probabilities(rows, self.schema))

@@ -10,7 +10,8 @@ import torch
 
 from nnunet_plus.case_analysis import analyse_case
 from nnunet_plus.classifier.bank_io import load_case_bank
-from nnunet_plus.classifier.inference import ClassifierOutput, PLUSInference, classifier_folder, patient_probabilities
+from nnunet_plus.classifier.inference import (ClassifierOutput, PLUSInference, classifier_folder,
+                                              plus_patient_probabilities)
 from nnunet_plus.classifier.model import candidate_features
 from nnunet_plus.schema import build_schema
 
@@ -88,7 +89,7 @@ def test_channel_names_reach_the_normalisation(trained_folds):
 def test_patient_probabilities_by_hand():
     schema = build_schema({"background": 0, "liver": 1, "hcc": 2, "metastasis": 3, "cyst": 4})
     rows = np.array([[0.5, 0.1, 0.2, 0.2], [0.1, 0.2, 0.6, 0.1]])
-    p = patient_probabilities(rows, schema)
+    p = plus_patient_probabilities(rows, schema)
     assert p == pytest.approx({"tumor": 0.9, "malignant": 0.6, "benign": 0.6, "hcc": 0.5, "metastasis": 0.2,
                                "cyst": 0.6})
 
