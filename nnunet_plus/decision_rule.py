@@ -76,7 +76,11 @@ def group_first_type(probabilities: np.ndarray, groups: Sequence[Sequence[int]] 
     probability of the group of type ``t``. Types in no group, and all of them without ``groups``, are their
     own group. Ties go to the lowest index."""
     p = np.asarray(probabilities, dtype=np.float64)[:, :-1]
-    group_of = _group_of(p.shape[1], groups)
+    return _group_first(p, _group_of(p.shape[1], groups))
+
+
+def _group_first(p: np.ndarray, group_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_first_type` of the type columns ``p`` (N, L) given each type's group number (L,)."""
     mass = np.zeros_like(p)
     for g in np.unique(group_of):
         inside = group_of == g
@@ -113,11 +117,12 @@ def apply_rule(rule: DecisionRule, probabilities: np.ndarray, *, tier: np.ndarra
     confident = tier == 0
     if rule.is_identity:  # exact, whatever the probabilities (NaN included)
         return confident.copy(), np.where(confident, nnunet_class, not_a_lesion).astype(np.int64)
-    best, mass = group_first_type(p, groups)
+    group_of = _group_of(not_a_lesion, groups)
+    best, mass = _group_first(p[:, :not_a_lesion], group_of)
     own = np.clip(nnunet_class, 0, not_a_lesion - 1)
     rows = np.arange(n)
-    group_of = _group_of(not_a_lesion, groups)
-    lead = np.where(group_of[best] == group_of[own], p[rows, best] - p[rows, own], mass[rows, best] - mass[rows, own])
+    lead = np.where(group_of[best] == group_of[own], p[rows, best] - p[rows, own],
+                    mass[rows, best] - mass[rows, own])
     relabel = (nnunet_class >= not_a_lesion) | (lead > rule.relabel_margin)
     confident_class = np.where(relabel, best, nnunet_class)
     reported = np.where(confident, ~(p[:, not_a_lesion] > rule.reject_confident),
