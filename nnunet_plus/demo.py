@@ -7,7 +7,8 @@ some of its outputs were written is redone, or continued where the command can):
    a coarse grid (``DEMO_SHAPE`` at ``DEMO_SPACING``) with lesions ``--conspicuity`` times more conspicuous than
    realistic NCCT and ``DEMO_HEALTHY_FRACTION`` lesion-free subjects, so that two CPU cores can train both
    stages in minutes.
-2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
+2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --no_pp``, ``nnunet_plus_ct_window`` (a CT window that clips no
+   label class: calcifications), ``nnUNetv2_preprocess``.
 3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
 4. ``nnUNetv2_train`` on folds 0 and 1 (the lesion-focused recipe: nnUNetTrainerPLUS_lesionFocus_cpuDemo on CPU,
    nnUNetTrainerPLUS_lesionFocus_10epochs on CUDA; resumes with ``--c``).
@@ -18,7 +19,8 @@ some of its outputs were written is redone, or continued where the command can):
    (issue 13 point 5; the test cases are not touched).
 5. ``nnunet_plus_train_classifier`` on folds 0 and 1 (tiny preset on CPU; builds the candidate bank first, with
    the extra cohort).
-6. ``nnunet_plus_predict`` on the test images twice: nnU-Net alone (``--no-classifier``) and + PLUS.
+6. ``nnunet_plus_predict`` on the test images: + PLUS (keeping nnU-Net's softmax), then nnU-Net alone
+   (``--no-classifier --from-probabilities``: the same softmax without stage two).
 7. ``nnunet_plus_evaluate --baseline``: nnU-Net alone vs + PLUS, printed, plus plots.
 8. ``report.md`` in the work folder: the comparison table, plots, overlays and the time of every step.
 
@@ -32,13 +34,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from nnunet_plus.atomic import atomic_path, write_json_atomic
+from nnunet_plus.child_process import stop_with_parent
 from nnunet_plus.classifier.trainer.fold_files import fold_complete, read_skipped
 from nnunet_plus.paths import resolve_device, trainers_path
 
@@ -75,27 +77,6 @@ CLASSIFIER_SKIPPED_FILE = "classifier_skipped.txt"
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and its log."""
-
-
-def stop_with_parent(parent: int):
-    """A ``preexec_fn`` for the steps' commands: the child gets SIGKILL when ``parent`` (the demo) dies
-    (``prctl(PR_SET_PDEATHSIG)``, Linux), so that a ``kill -9`` of the demo alone does not leave its step running
-    beside the re-run that continues it (two trainings writing one fold); None where that is not available (kill
-    the demo's process group there)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the demo died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-    return preexec
 
 
 class Demo:
@@ -242,7 +223,11 @@ class Demo:
             copy = self.gt_segmentations / label.name
             if copy.is_file() and copy.stat().st_size != label.stat().st_size:
                 copy.unlink()  # cut short by a kill; nnU-Net copies only labels newer than the copy, not this one
+        # plan, widen the CT window to every class's range (nnunet_plus.ct_window: calcifications), preprocess
         self.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
+                                         "-npfp", str(self.num_processes), "--no_pp"])
+        self.run("plan_and_preprocess", ["nnunet_plus_ct_window", "-d", str(DATASET_ID)])
+        self.run("plan_and_preprocess", ["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
                                          "-np", str(self.num_processes)])
 
     def write_two_fold_split(self) -> None:
@@ -301,6 +286,16 @@ class Demo:
             "-d", str(DATASET_ID), "-c", CONFIGURATION, "-tr", self.trainer, "-f", *map(str, FOLDS),
             "-device", self.device, "--disable_tta", "--continue_prediction", "-npp", "1", "-nps", "1", *extra])
 
+    def predict_nnunet_alone(self) -> None:
+        """nnU-Net alone: the + PLUS run's saved nnU-Net softmax post-processed without the classifier (the same
+        outputs as a second sliding-window prediction, without running the network again); the full prediction
+        when that softmax is missing."""
+        images = list((self.dataset_raw / "imagesTs").glob("*_0000.nii.gz"))
+        if all((self.predictions / "plus" / f"{p.name[: -len('_0000.nii.gz')]}.npz").is_file() for p in images):
+            self.predict("nnunet", ["--no-classifier", "--from-probabilities", str(self.predictions / "plus")])
+        else:
+            self.predict("nnunet", ["--no-classifier"])
+
     def evaluate(self) -> None:
         self.run("evaluate", [
             "nnunet_plus_evaluate", "-ref", str(self.dataset_raw / "labelsTs"), "-pred", str(self.predictions / "plus"),
@@ -334,9 +329,9 @@ class Demo:
             done = self._classifier_trained(fold)
             self.timed(f"classifier_fold{fold}", done or self.classifier_skipped is not None,
                        lambda f=fold: self.train_classifier(f))
-        plus_options = ["--overlays"] + (["--no-classifier"] if self.classifier_skipped else [])
-        self.timed("predict_nnunet", self._predicted_all("nnunet"), lambda: self.predict("nnunet", ["--no-classifier"]))
+        plus_options = ["--overlays", "--save_probabilities"] + (["--no-classifier"] if self.classifier_skipped else [])
         self.timed("predict_plus", self._predicted_all("plus"), lambda: self.predict("plus", plus_options))
+        self.timed("predict_nnunet", self._predicted_all("nnunet"), self.predict_nnunet_alone)
         self.timed("evaluate", self._evaluated(), self.evaluate)
         from nnunet_plus.demo_report import write_report
 

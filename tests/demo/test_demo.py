@@ -12,7 +12,7 @@ import pytest
 from nnunet_plus.demo import CLASSIFIER_SKIPPED_FILE, DATASET_NAME, TIMINGS_FILE, main
 
 STEPS = ["phantom", "plan_and_preprocess", "nnunet_fold0", "nnunet_fold1", "extra_cohort", "classifier_fold0",
-         "classifier_fold1", "predict_nnunet", "predict_plus", "evaluate"]
+         "classifier_fold1", "predict_plus", "predict_nnunet", "evaluate"]
 ARGS = ["--cases", "6", "--test-cases", "2", "--extra-cases", "2", "--classifier-epochs", "1",
         "-tr", "nnUNetTrainerPLUS_cpuTiny_2epochs", "-np", "1"]
 CLASSIFIER = f"PLUSClassifier__{ARGS[-3]}__nnUNetPlans__3d_fullres"
@@ -48,6 +48,11 @@ def test_demo_runs_every_step_and_writes_the_report(demo_run):
     for name in ("nnunet", "plus"):
         assert len(list((workdir / "predictions" / name).glob("case_*_instances.nii.gz"))) == 2
     assert (workdir / "nnUNet_raw" / DATASET_NAME / "dataset.json").is_file()
+    # nnU-Net alone is the + PLUS run's saved softmax without stage two; the plans hold the widened CT window
+    info = json.loads((workdir / "predictions" / "nnunet" / "nnunet_plus_predict.json").read_text())
+    assert info["mode"] == "from-probabilities"
+    plans = json.loads((workdir / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans.json").read_text())
+    assert "nnunet_plus_ct_window" in plans
     # the extra cohort: predicted by the trained folds, in the candidate bank, spread over the classifier folds
     from nnunet_plus.classifier.bank_io import read_bank_metadata
 

@@ -290,7 +290,8 @@ def test_demo_redoes_a_step_killed_between_its_writes(tmp_path, monkeypatch):
     copy = touch(demo.gt_segmentations / label.name, bytes(50))  # cut short, and newer than the label
     assert not demo._preprocessed()
     demo.plan_and_preprocess()
-    assert commands[-1][0] == "nnUNetv2_plan_and_preprocess" and not copy.exists()
+    assert [c[0] for c in commands[-3:]] == ["nnUNetv2_plan_and_preprocess", "nnunet_plus_ct_window",
+                                              "nnUNetv2_preprocess"] and not copy.exists()
     touch(copy, label.read_bytes())
     assert demo._preprocessed()
 
@@ -320,6 +321,16 @@ def test_demo_redoes_a_step_killed_between_its_writes(tmp_path, monkeypatch):
     assert commands[-1][0] == "nnunet_plus_train_classifier" and commands[-1][-1] == "--c"
     write_history(fold, fold=0, epochs=1, best={}, history=[{"epoch": 0}], done=True)
     assert demo._classifier_trained(0)
+
+    # nnU-Net alone: the + PLUS run's saved softmax without the classifier; the full prediction while a test case's
+    # softmax is missing (a + PLUS run from before the softmax was kept)
+    touch(demo.dataset_raw / "imagesTs" / "case_0048_0000.nii.gz")
+    demo.predict_nnunet_alone()
+    assert commands[-1][0] == "nnunet_plus_predict" and "--from-probabilities" not in commands[-1]
+    touch(demo.predictions / "plus" / "case_0048.npz")
+    demo.predict_nnunet_alone()
+    assert commands[-1][commands[-1].index("--from-probabilities") + 1] == str(demo.predictions / "plus")
+    assert "--no-classifier" in commands[-1]
 
     # evaluate killed after its summary, before the baseline summary the report reads and the plots
     for name in EVALUATION_FILES[:-1]:
