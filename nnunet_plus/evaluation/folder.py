@@ -10,7 +10,6 @@ import json
 import logging
 import multiprocessing
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from nnunet_plus.evaluation.case import evaluate_case
 from nnunet_plus.evaluation.summary import summarize
-from nnunet_plus.image_io import read_image
+from nnunet_plus.image_io import Geometry, read_image
 from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema
 
 logger = logging.getLogger(__name__)
@@ -28,26 +27,8 @@ logger = logging.getLogger(__name__)
 INSTANCES_SUFFIX = "_instances"
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Image grid: ``shape`` and ``spacing`` in numpy (z, y, x) order; ``origin`` and ``direction`` as
-    SimpleITK gives them."""
-
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    def matches(self, other: "Geometry") -> bool:
-        """Same shape, and spacing / origin / direction equal within 1e-3 (mm or direction cosine)."""
-        return self.shape == other.shape and all(
-            np.allclose(a, b, rtol=1e-5, atol=1e-3)
-            for a, b in ((self.spacing, other.spacing), (self.origin, other.origin),
-                         (self.direction, other.direction)))
-
-
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """A label image as a (Z, Y, X) int array plus its geometry; ValueError naming the file if it is truncated,
+    """A label image as a (Z, Y, X) int array plus its :class:`~nnunet_plus.image_io.Geometry`; ValueError naming the file if it is truncated,
     corrupt (:func:`nnunet_plus.image_io.read_image`) or not integer-valued."""
     path = Path(path)
     image = read_image(path)
@@ -58,9 +39,7 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         if not np.array_equal(array, np.round(array)):
             raise ValueError(f"{path} holds non-integer values; is it a probability map instead of a label map?")
         array = array.astype(np.int32)
-    geometry = Geometry(shape=tuple(array.shape), spacing=tuple(image.GetSpacing())[::-1],
-                        origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()))
-    return array, geometry
+    return array, Geometry.of(image)
 
 
 def list_cases(reference_dir: str | os.PathLike, file_ending: str = ".nii.gz") -> list[str]:
@@ -100,7 +79,7 @@ def evaluate_case_files(reference_file: str | os.PathLike, prediction_file: str 
         raise ValueError(f"{reference_file} does not end with {file_ending}")
     case = reference_file.name[: -len(file_ending)]
     reference, ref_geometry = read_label_map(reference_file)
-    options = {"spacing": ref_geometry.spacing, "criterion": criterion, "min_volume_cm3": min_volume_cm3,
+    options = {"spacing": ref_geometry.spacing_zyx, "criterion": criterion, "min_volume_cm3": min_volume_cm3,
                "case": case, "connectivity": connectivity}
     if prediction_file is None:
         try:
@@ -111,10 +90,9 @@ def evaluate_case_files(reference_file: str | os.PathLike, prediction_file: str 
         return result
     prediction_file = Path(prediction_file)
     prediction, pred_geometry = read_label_map(prediction_file)
-    if not ref_geometry.matches(pred_geometry):
-        raise ValueError(f"case {case}: geometry of {prediction_file} (shape {pred_geometry.shape}, spacing "
-                         f"{pred_geometry.spacing}, origin {pred_geometry.origin}) differs from the reference "
-                         f"(shape {ref_geometry.shape}, spacing {ref_geometry.spacing}, origin {ref_geometry.origin})")
+    mismatch = ref_geometry.mismatch(pred_geometry)
+    if mismatch:
+        raise ValueError(f"case {case}: geometry of {prediction_file} differs from the reference ({mismatch})")
     case_json = _read_case_json(prediction_file.with_name(f"{case}.json"))
     instances = None
     instances_file = prediction_file.with_name(f"{case}{INSTANCES_SUFFIX}{file_ending}")
@@ -124,8 +102,9 @@ def evaluate_case_files(reference_file: str | os.PathLike, prediction_file: str 
                            instances_file, case)
         else:
             instances, inst_geometry = read_label_map(instances_file)
-            if not ref_geometry.matches(inst_geometry):
-                raise ValueError(f"case {case}: geometry of {instances_file} differs from the reference")
+            mismatch = ref_geometry.mismatch(inst_geometry)
+            if mismatch:
+                raise ValueError(f"case {case}: geometry of {instances_file} differs from the reference ({mismatch})")
     try:
         return evaluate_case(reference, prediction, schema, predicted_json=case_json,
                              predicted_instances=instances, **options)

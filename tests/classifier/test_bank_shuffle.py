@@ -15,6 +15,8 @@ from nnunet_plus.classifier.shuffle import shuffle_case, shuffle_lesions, shuffl
 from nnunet_plus.classifier.splits import SplitError, check_bank_for_fold
 from nnunet_plus.schema import build_schema
 
+from classifier_project import write_project
+
 LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}
 SCHEMA = build_schema(LABELS, liver=("liver",), lesions=("hcc", "cyst"), sensitivities=(1.0, 4.0))
 LESIONS = SCHEMA.lesion_labels
@@ -302,8 +304,8 @@ def test_split_maps_copies_to_their_originals_fold():
         check_bank_for_fold(bank, splits, 0)
 
 
-def test_bank_build_with_one_shuffle(tmp_path, cls_helpers, monkeypatch):
-    project = cls_helpers.write_project(tmp_path)
+def test_bank_build_with_one_shuffle(tmp_path, monkeypatch):
+    project = write_project(tmp_path)
     folds = [project.model / f"fold_{k}" / "validation" for k in (0, 1)]
     settings = BankSettings(roi_shape=(16, 32, 32), liver_shape=(16, 32, 32))
     out = tmp_path / "bank"

@@ -15,6 +15,8 @@ from nnunet_plus.classifier.inference import (ClassifierOutput, PLUSInference, c
 from nnunet_plus.classifier.model import candidate_features
 from nnunet_plus.schema import build_schema
 
+from classifier_project import synthetic_case
+
 
 @pytest.fixture(scope="module")
 def ensemble(trained_folds):
@@ -22,7 +24,7 @@ def ensemble(trained_folds):
 
 
 def _case(project, kind):
-    image, _, probabilities = project.synthetic_case(kind)
+    image, _, probabilities = synthetic_case(kind)
     analysis = analyse_case(probabilities, project.schema, image=image, spacing=project.spacing)
     return image, probabilities, analysis
 
@@ -58,7 +60,7 @@ def test_inference_builds_the_inputs_of_the_bank(trained_folds):
     """predict_case on a case = the network on that case's candidate bank arrays (same crops, same rounding)."""
     fold0 = PLUSInference.from_folder(trained_folds.classifier, folds=[0], schema=trained_folds.schema)
     # the bank's cls_000 was built from these arrays (softmax exported as float16, image read back from NIfTI)
-    image, _, probabilities = trained_folds.synthetic_case("full", seed=0)
+    image, _, probabilities = synthetic_case("full", seed=0)
     probabilities = probabilities.astype(np.float16)
     analysis = analyse_case(probabilities, trained_folds.schema, image=image, spacing=trained_folds.spacing)
     out = fold0.predict_case(image, probabilities, analysis, spacing=trained_folds.spacing)
@@ -71,7 +73,7 @@ def test_inference_builds_the_inputs_of_the_bank(trained_folds):
 def test_channel_names_reach_the_normalisation(trained_folds):
     """A channel not named CT is z-scored by "auto" normalisation at prediction exactly as in the bank build."""
     fold0 = PLUSInference.from_folder(trained_folds.classifier, folds=[0], schema=trained_folds.schema)
-    image, _, probabilities = trained_folds.synthetic_case("full", seed=0)
+    image, _, probabilities = synthetic_case("full", seed=0)
     analysis = analyse_case(probabilities, trained_folds.schema, image=image, spacing=trained_folds.spacing)
 
     def rows(normalisation, channel_names=None):

@@ -9,6 +9,8 @@ from nnunet_plus.case_analysis import analyse_case
 from nnunet_plus.classifier.checkpoint import load_checkpoint
 from nnunet_plus.classifier.inference import PLUSInference
 
+from classifier_project import synthetic_case
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -30,7 +32,7 @@ def test_amp_training_and_inference_on_cuda(cls_project, tmp_path):
     assert summary["nnunet+plus"]["meta"]["n_cases"] == 3
 
     inference = PLUSInference.from_folder(tmp_path, folds=[0], schema=cls_project.schema, device="cuda")
-    image, _, probabilities = cls_project.synthetic_case("full")
+    image, _, probabilities = synthetic_case("full")
     analysis = analyse_case(probabilities, cls_project.schema, image=image, spacing=cls_project.spacing)
     on_gpu = inference.predict_case(image, probabilities, analysis, spacing=cls_project.spacing)
     on_cpu = PLUSInference.from_folder(tmp_path, folds=[0], schema=cls_project.schema).predict_case(

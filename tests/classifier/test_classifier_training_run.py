@@ -21,6 +21,8 @@ from nnunet_plus.classifier.trainer.scoring import CANDIDATE_TABLES_FILE, load_c
 from nnunet_plus.evaluation.summary import summarize
 from nnunet_plus.nnunet_validation import validate_folder
 
+from classifier_project import make_trainer, write_project
+
 
 def test_one_epoch_writes_checkpoints_progress_and_summary(trained_folds):
     fold = trained_folds.classifier / "fold_0"
@@ -92,12 +94,11 @@ def test_summary_has_the_metric_set_and_figures_of_plus_summary(trained_folds, t
     assert summary["nnunet"]["patient_level"]["auc"] == reference["patient_level"]["auc"]  # LiverMax both
 
 
-def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, cls_helpers, tmp_path, monkeypatch):
-    make = cls_helpers.make_trainer
-    uninterrupted = make(cls_project, tmp_path / "a", 0, epochs=2)
+def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, tmp_path, monkeypatch):
+    uninterrupted = make_trainer(cls_project, tmp_path / "a", 0, epochs=2)
     uninterrupted.run_training(validate=False)
 
-    interrupted = make(cls_project, tmp_path / "b", 0, epochs=2)
+    interrupted = make_trainer(cls_project, tmp_path / "b", 0, epochs=2)
     original = type(interrupted).train_epoch
 
     def stop_at_second_epoch(self, epoch):
@@ -116,7 +117,7 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, cls_helpers
     stale = load_checkpoint(tmp_path / "a" / "checkpoint_final.pth")
     stale["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in stale["state_dict"].items()}
     save_checkpoint(stale, tmp_path / "b" / "checkpoint_final.pth")
-    resumed = make(cls_project, tmp_path / "b", 0, epochs=2)
+    resumed = make_trainer(cls_project, tmp_path / "b", 0, epochs=2)
     resumed.run_training(continue_training=True, validate=False)
     a = load_checkpoint(tmp_path / "a" / "checkpoint_final.pth")
     b = load_checkpoint(tmp_path / "b" / "checkpoint_final.pth")
@@ -134,12 +135,12 @@ def test_resume_gives_the_state_of_an_uninterrupted_run(cls_project, cls_helpers
     assert [r["epoch"] for r in history["history"]] == [0, 1] and history["done"] is False
 
 
-def test_resume_refuses_other_settings(trained_folds, cls_helpers, tmp_path):
+def test_resume_refuses_other_settings(trained_folds, tmp_path):
     shutil.copy(trained_folds.classifier / "fold_0" / "checkpoint_final.pth", tmp_path / "checkpoint_final.pth")
     with pytest.raises(ValueError, match=r"cannot continue from .*other settings \(epochs=1\)"):
-        cls_helpers.make_trainer(trained_folds, tmp_path, 0, epochs=3).run_training(continue_training=True)
+        make_trainer(trained_folds, tmp_path, 0, epochs=3).run_training(continue_training=True)
     with pytest.raises(ValueError, match=r"cannot continue from .*it is Dataset998_ClsTrainer fold 0"):
-        cls_helpers.make_trainer(trained_folds, tmp_path, 1).run_training(continue_training=True)
+        make_trainer(trained_folds, tmp_path, 1).run_training(continue_training=True)
 
 
 def _env(monkeypatch, project):
@@ -147,8 +148,8 @@ def _env(monkeypatch, project):
         monkeypatch.setenv(key, value)
 
 
-def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatch, capsys):
-    project = cls_helpers.write_project(tmp_path)
+def test_cli_builds_the_bank_and_trains_a_fold(tmp_path, monkeypatch, capsys):
+    project = write_project(tmp_path)
     _env(monkeypatch, project)
     assert main([project.dataset, "3d_fullres", "1", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "-np",
                  "1", "--lr", "3e-4", "--class-weight-power", "0.5", "--quiet"]) == 0
@@ -179,11 +180,11 @@ def test_cli_builds_the_bank_and_trains_a_fold(cls_helpers, tmp_path, monkeypatc
     assert fold_complete(fold) and len(read_history(fold)["history"]) == 2
 
 
-def test_cli_writes_skipped_json_when_the_training_cases_hold_no_candidate(cls_helpers, tmp_path, monkeypatch,
+def test_cli_writes_skipped_json_when_the_training_cases_hold_no_candidate(tmp_path, monkeypatch,
                                                                           capsys):
     """No candidate to learn from: a typed error, ``fold_k/skipped.json`` with the reason and exit 1; a later
     successful run of the fold removes that record."""
-    project = cls_helpers.write_project(tmp_path)
+    project = write_project(tmp_path)
     _env(monkeypatch, project)
     args = [project.dataset, "3d_fullres", "0", "-device", "cpu", "--epochs", "1", "--preset", "tiny", "-np", "1",
             "--quiet"]
@@ -200,8 +201,8 @@ def test_cli_writes_skipped_json_when_the_training_cases_hold_no_candidate(cls_h
     assert read_skipped(fold) is None and fold_complete(fold)
 
 
-def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
-    project = cls_helpers.write_project(tmp_path)
+def test_cli_errors(tmp_path, monkeypatch, capsys):
+    project = write_project(tmp_path)
     _env(monkeypatch, project)
     for npz in (project.model / "fold_1" / "validation").glob("*.npz"):
         npz.unlink()  # nnU-Net fold 1 was not validated with --npz
@@ -221,8 +222,8 @@ def test_cli_errors(cls_helpers, tmp_path, monkeypatch, capsys):
     assert "class_weight_power must be in [0, 2]" in capsys.readouterr().err
 
 
-def test_distill_fusion_and_patient_best_metric(cls_project, cls_helpers, tmp_path):
-    trainer = cls_helpers.make_trainer(cls_project, tmp_path, 0, fusion="distill", best_metric="patient_f1")
+def test_distill_fusion_and_patient_best_metric(cls_project, tmp_path):
+    trainer = make_trainer(cls_project, tmp_path, 0, fusion="distill", best_metric="patient_f1")
     trainer.run_training(validate=False)
     record = trainer.history[-1]
     assert record["train_distill"] > 0 and record["val_distill"] > 0  # KL(prior || p) is added
