@@ -39,7 +39,7 @@ from torch import nn
 from nnunet_plus.classifier.encoders import ResNetEncoder3d, encoder_preset
 from nnunet_plus.classifier.loss import plus_loss
 from nnunet_plus.classifier.model import PLUSClassifier, prior_distribution
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 ROI = (16, 64, 64)
 LIVER = (32, 64, 64)

@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    from nnunet_plus.atomic import write_json_atomic
+    from nnunet_plus.files.atomic import write_json_atomic
 
     started = datetime.datetime.now().astimezone()
     results = []

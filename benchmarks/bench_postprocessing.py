@@ -43,7 +43,7 @@ import scipy.ndimage as ndi
 import skimage.measure
 
 from nnunet_plus.postprocessing import label_mask, liver_max, multi_sensitivity_labels, seg2det
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 NUM_CLASSES = 14
 LIVER = 1

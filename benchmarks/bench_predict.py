@@ -169,7 +169,7 @@ def write_two_fold_split(workdir: Path) -> None:
     """Folds 0 and 1 split the training cases in two, so that their validations give every case an out-of-fold
     softmax for the classifier's candidate bank."""
     from nnunet_plus.classifier.splits import two_fold_split
-    from nnunet_plus.atomic import write_json_atomic
+    from nnunet_plus.files.atomic import write_json_atomic
 
     raw = next((workdir / "raw").glob(f"Dataset{TRAIN_ID}_*"))
     cases = [p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz")]
@@ -192,7 +192,7 @@ def naive_postprocess(folder: Path, dataset_json: Path, images: Path) -> None:
 
     from nnunet_plus.case_analysis import analyse_case
     from nnunet_plus.schema import LesionSchema
-    from nnunet_plus.atomic import write_json_atomic
+    from nnunet_plus.files.atomic import write_json_atomic
 
     schema = LesionSchema.from_dataset_json(dataset_json)
     for npz in sorted(folder.glob("*.npz")):

@@ -32,8 +32,8 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_plus.atomic import write_json_atomic
-from nnunet_plus.image_io import ImageReadError, read_image
+from nnunet_plus.files.atomic import write_json_atomic
+from nnunet_plus.files.image_io import ImageReadError, read_image
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 
 __all__ = ["PLANS_KEY", "SAMPLES_PER_CLASS", "class_percentiles", "widen_plans_window", "main"]

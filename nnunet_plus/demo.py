@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_plus.atomic import atomic_path, write_json_atomic
+from nnunet_plus.files.atomic import atomic_path, write_json_atomic
 from nnunet_plus.child_process import stop_with_parent
 from nnunet_plus.classifier.trainer.fold_files import fold_complete, read_skipped
 from nnunet_plus.paths import resolve_device, trainers_path

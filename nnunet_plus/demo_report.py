@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 from nnunet_plus.classifier.trainer.fold_files import read_history
 from nnunet_plus.evaluation.summary import format_comparison, format_lesion_table
 

@@ -28,11 +28,11 @@ from tqdm import tqdm
 from nnunet_plus.case_analysis import analyse_case
 from nnunet_plus.evaluation.case import evaluate_case
 from nnunet_plus.evaluation.summary import format_patient_table, summarize
-from nnunet_plus.image_io import read_image
+from nnunet_plus.files.image_io import read_image
 from nnunet_plus.postprocessing.seg2det import seg2det
-from nnunet_plus.safe_load import load_properties, load_softmax
+from nnunet_plus.files.safe_load import load_properties, load_softmax
 from nnunet_plus.schema import LesionSchema
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def sensitivity_key(factor: float) -> str:
 
 def load_softmax_export(npz_file: Path) -> tuple[np.ndarray, dict]:
     """nnU-Net's exported probabilities (C, Z, Y, X) in the raw image's geometry and its ``.pkl`` properties
-    (read as plain data, never unpickled with code: :func:`nnunet_plus.safe_load.load_properties`)."""
+    (read as plain data, never unpickled with code: :func:`nnunet_plus.files.safe_load.load_properties`)."""
     pkl_file = npz_file.with_suffix(".pkl")
     if not pkl_file.is_file():
         raise FileNotFoundError(f"{pkl_file} is missing (nnU-Net writes it beside {npz_file.name}); rerun the "

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnunet_plus.decision_rule import apply_rule
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.schema import LesionSchema
 
 NOT_A_LESION = "not_a_lesion"

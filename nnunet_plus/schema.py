@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 SCHEMA_KEY = "plus"
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from nnunet_plus.atomic import check_replaceable
+from nnunet_plus.files.atomic import check_replaceable
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 from nnunet_plus.schema import (DEFAULT_MAX_SUSPICIOUS, DEFAULT_MIN_LESION_VOLUME_MM3, SchemaError, build_schema,
                                  read_dataset_json, write_schema)

@@ -14,8 +14,8 @@ SOURCES = {"nnunet_plus": ROOT / "nnunet_plus", "nnunet_plus.postprocessing": RO
            "nnunet_plus.trainers": ROOT / "trainers"}
 #: lowest first; a unit is a top-level module or subpackage of nnunet_plus ("nnunet_plus" = the package's API)
 LAYERS: list[set[str]] = [
-    {"nnunet_plus", "nnunet_plus.integrity", "nnunet_plus.atomic", "nnunet_plus.safe_load", "nnunet_plus.image_io",
-     "nnunet_plus.schema", "nnunet_plus.paths", "nnunet_plus.child_process"},                                   # files, schema, folders
+    {"nnunet_plus", "nnunet_plus.files", "nnunet_plus.schema", "nnunet_plus.paths",  # files, schema, folders
+     "nnunet_plus.child_process"},
     {"nnunet_plus.postprocessing"},                                                # the paper's post-processing
     {"nnunet_plus.case_analysis", "nnunet_plus.evaluation", "nnunet_plus.decision_rule", "nnunet_plus.phantom"},
     {"nnunet_plus.refine", "nnunet_plus.nnunet_validation"},                       # softmax -> reported lesions

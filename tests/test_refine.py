@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nnunet_plus.decision_rule import DecisionRule
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.refine import CaseRefiner
 from nnunet_plus.schema import build_schema
 

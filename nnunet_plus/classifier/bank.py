@@ -37,7 +37,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 from nnunet_plus.classifier.bank_inputs import (CaseInputs, case_files, extra_case_files, read_case_inputs,
                                                 softmax_files)
 from nnunet_plus.classifier.bank_io import (METADATA_FILE, CandidateBankError, bank_metadata, load_case_bank,

@@ -4,7 +4,7 @@ reading one case from them.
 A case of the raw dataset has its images and label in nnU-Net's naming (``imagesTr/<case>_<cccc><ending>``,
 ``labelsTr/<case><ending>``) or in dataset.json's ``"dataset"`` list; an extra case (``extra_dir``) uses
 nnU-Net's naming in its own folder. Its softmax export is ``<case>.npz`` (key ``probabilities``, read by
-:func:`nnunet_plus.safe_load.load_softmax`) with ``<case>.pkl`` (nnU-Net's properties) beside it.
+:func:`nnunet_plus.files.safe_load.load_softmax`) with ``<case>.pkl`` (nnU-Net's properties) beside it.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnunet_plus.classifier.bank_io import CandidateBankError
-from nnunet_plus.integrity import check_complete
-from nnunet_plus.safe_load import load_properties, load_softmax
+from nnunet_plus.files.integrity import check_complete
+from nnunet_plus.files.safe_load import load_properties, load_softmax
 
 __all__ = ["CaseInputs", "bank_case_files", "case_files", "extra_case_files", "read_case_inputs", "softmax_files"]
 
@@ -91,7 +91,7 @@ def read_case_inputs(image_files: Sequence[str | os.PathLike], label_file: str |
                      softmax_file: str | os.PathLike, reader: type) -> CaseInputs:
     """Read one case with nnU-Net's reader class ``reader`` and its softmax export, and check that they belong
     together (shape, spacing of the ``.pkl`` beside the export, integer labels); ValueError naming the file
-    otherwise, :class:`~nnunet_plus.integrity.IncompleteFileError` for a truncated image or label."""
+    otherwise, :class:`~nnunet_plus.files.integrity.IncompleteFileError` for a truncated image or label."""
     softmax = Path(softmax_file)
     for path in (*image_files, label_file):  # nnU-Net's reader takes a cut .nii.gz for zeros
         check_complete(path)

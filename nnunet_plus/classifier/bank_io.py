@@ -1,7 +1,7 @@
 """The candidate bank's files: one compressed ``.npz`` per case and ``bank.json`` (writing, reading, checking).
 
 Storage: one ``<case>.npz`` (compressed npz as ``np.savez_compressed`` writes it, zlib level 1, written through a
-temp file + rename, :func:`nnunet_plus.atomic.atomic_path`; :func:`save_case_bank`) per case and a
+temp file + rename, :func:`nnunet_plus.files.atomic.atomic_path`; :func:`save_case_bank`) per case and a
 ``bank.json`` with the metadata (format version, schema, settings, channels, target spacing, case index); the
 settings are :class:`~nnunet_plus.classifier.bank_settings.BankSettings`.
 Array keys of a case file (N candidates, L lesion classes, C image channels, R reference lesions,
@@ -58,7 +58,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.schema import LesionSchema
 
@@ -151,7 +151,7 @@ class CaseBank:
 
 def save_case_bank(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, *, compresslevel: int = 1) -> Path:
     """Write one case's arrays (keys of :data:`ARRAY_SPEC`) to ``path`` through a checked temp file + rename
-    (:func:`~nnunet_plus.atomic.atomic_path`).
+    (:func:`~nnunet_plus.files.atomic.atomic_path`).
 
     The file is a standard compressed ``.npz`` (what ``np.savez_compressed`` writes, readable with ``np.load``)
     at zlib level ``compresslevel`` (default 1: several times faster than savez_compressed's level 6 for a

@@ -32,7 +32,7 @@ from typing import Mapping
 
 import torch
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 from nnunet_plus.schema import LesionSchema
 
 CHECKPOINT_FORMAT = "nnunet_plus.plus_classifier"
@@ -45,7 +45,7 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "check_compatible", "load_
 
 
 def save_checkpoint(payload: Mapping, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``payload`` to ``path`` through a temp file + rename (:func:`nnunet_plus.atomic.atomic_path`:
+    """``torch.save`` ``payload`` to ``path`` through a temp file + rename (:func:`nnunet_plus.files.atomic.atomic_path`:
     never a half-written file)."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -32,9 +32,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_plus.integrity import check_complete
+from nnunet_plus.files.integrity import check_complete
 from nnunet_plus.schema import LesionSchema
-from nnunet_plus.atomic import atomic_path, write_json_atomic
+from nnunet_plus.files.atomic import atomic_path, write_json_atomic
 
 __all__ = ["NNUNET_KEY", "PLUS_KEY", "SUMMARY_FILE", "evaluate_classifier"]
 
@@ -52,7 +52,7 @@ def _load_case(case: str, raw_dataset_dir: Path, dataset_json: Mapping, entry: M
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     from nnunet_plus.classifier.bank_inputs import bank_case_files
-    from nnunet_plus.image_io import Geometry
+    from nnunet_plus.files.image_io import Geometry
 
     softmax_file = Path(entry["softmax"])
     images, label = bank_case_files(raw_dataset_dir, dataset_json, case, entry)

@@ -203,7 +203,7 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
 
 def save_rule(fitted: FittedRule, path: str | os.PathLike) -> Path:
     """Write the fitted rule as JSON (atomic)."""
-    from nnunet_plus.atomic import write_json_atomic
+    from nnunet_plus.files.atomic import write_json_atomic
 
     path = Path(path)
     write_json_atomic(path, fitted.to_json())

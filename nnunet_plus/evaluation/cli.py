@@ -10,7 +10,7 @@ from typing import Sequence
 
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema, SchemaError
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 PROG = "nnunet_plus_evaluate"
 DEFAULT_SUMMARY_NAME = "nnunet_plus_summary.json"

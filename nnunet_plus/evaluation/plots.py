@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 
 RUN_COLOURS = ("#8c8c8c", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
 FROC_X_MIN = 1 / 16
@@ -29,7 +29,7 @@ def _figure(width: float, height: float):
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write the figure as PNG through a verified temp file + rename (:func:`nnunet_plus.atomic.atomic_path`)."""
+    """Write the figure as PNG through a verified temp file + rename (:func:`nnunet_plus.files.atomic.atomic_path`)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

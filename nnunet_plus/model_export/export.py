@@ -9,8 +9,8 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from nnunet_plus.atomic import atomic_path
-from nnunet_plus.integrity import IncompleteFileError
+from nnunet_plus.files.atomic import atomic_path
+from nnunet_plus.files.integrity import IncompleteFileError
 from nnunet_plus.model_export.card import model_card, model_card_markdown
 from nnunet_plus.model_export.layout import (
     CARD_JSON, CARD_MARKDOWN, CHECKPOINT, CLASSIFIER_FILES, CLASSIFIER_FOLD_FILES, NNUNET_FILES, NNUNET_FOLD_FILES,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 
-from nnunet_plus.atomic import atomic_path, replace_folder
+from nnunet_plus.files.atomic import atomic_path, replace_folder
 from nnunet_plus.model_export.layout import CARD_FORMAT, CARD_JSON, CARD_MARKDOWN, CHUNK, ExportError, sha256
 from nnunet_plus.paths import nnunet_folder
 
@@ -224,7 +224,7 @@ def _write_folders(zf: zipfile.ZipFile, zip_file: Path, results: Path,
                    members: Mapping[PurePosixPath, zipfile.ZipInfo], files: Mapping[str, Mapping],
                    todo: list[PurePosixPath]) -> None:
     """Extract the members of the ``todo`` model folders into a hidden staging folder of their dataset folder
-    (checking each SHA-256), then swap each folder into place whole (:func:`~nnunet_plus.atomic.replace_folder`);
+    (checking each SHA-256), then swap each folder into place whole (:func:`~nnunet_plus.files.atomic.replace_folder`);
     the staging folder is removed in any case."""
     staging = results / todo[0].parts[0] / f".nnunet_plus_install.{uuid.uuid4().hex}"
     staging.mkdir()

@@ -40,13 +40,13 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_plus.image_io import write_image
+from nnunet_plus.files.image_io import write_image
 from nnunet_plus.phantom.anatomy import MIN_FOV_MM, MIN_SHAPE
 from nnunet_plus.phantom.case import render_case
 from nnunet_plus.phantom.cohort import CaseSpec, plan_cohort
 from nnunet_plus.phantom.lesions import LESION_TYPES
 from nnunet_plus.schema import SCHEMA_KEY, build_schema
-from nnunet_plus.atomic import replace_folder, write_json_atomic
+from nnunet_plus.files.atomic import replace_folder, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from nnunet_plus.atomic import atomic_path
-from nnunet_plus.image_io import read_image
+from nnunet_plus.files.atomic import atomic_path
+from nnunet_plus.files.image_io import read_image
 
 #: (level, width) HU of the whole-slice panel (abdominal window) and of the zoomed panel (liver window,
 #: where the subtle NCCT lesions show).

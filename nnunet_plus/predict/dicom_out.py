@@ -29,9 +29,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.atomic import atomic_path
-from nnunet_plus.image_io import Geometry
-from nnunet_plus.integrity import IncompleteFileError
+from nnunet_plus.files.atomic import atomic_path
+from nnunet_plus.files.image_io import Geometry
+from nnunet_plus.files.integrity import IncompleteFileError
 from nnunet_plus.predict.dicom_seg import make_seg
 from nnunet_plus.predict.dicom_source import read_source_series
 from nnunet_plus.predict.dicom_sr import make_sr

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.predict.dicom_scan import scan_folder
 from nnunet_plus.predict.errors import DicomOutputError
 

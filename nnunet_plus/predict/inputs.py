@@ -32,8 +32,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_plus.atomic import stale_temp_files
-from nnunet_plus.image_io import Geometry, ImageReadError, read_image
+from nnunet_plus.files.atomic import stale_temp_files
+from nnunet_plus.files.image_io import Geometry, ImageReadError, read_image
 from nnunet_plus.predict.errors import InputError
 
 #: File extensions read as images (longest first so that ``.nii.gz`` wins over ``.gz``-less variants).
@@ -150,7 +150,7 @@ STALE_TEMP_S = 600
 def prepare_output_folder(output_folder: str | Path) -> Path:
     """Create ``output_folder`` and check that files can be created in it (a temp file is created and removed),
     before any case is computed; :class:`InputError` naming the folder otherwise. Temp files of a killed run
-    (older than :data:`STALE_TEMP_S`, see :func:`~nnunet_plus.atomic.stale_temp_files`) are removed."""
+    (older than :data:`STALE_TEMP_S`, see :func:`~nnunet_plus.files.atomic.stale_temp_files`) are removed."""
     folder = Path(output_folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +210,7 @@ def is_dicom_source(files: Sequence[str | Path]) -> bool:
 
 
 def read_sitk(path: str | Path, *, series_uids: Sequence[str] = ()) -> sitk.Image:
-    """Read one image file (:func:`nnunet_plus.image_io.read_image`: truncated / corrupt files refused) or a
+    """Read one image file (:func:`nnunet_plus.files.image_io.read_image`: truncated / corrupt files refused) or a
     DICOM folder (:mod:`nnunet_plus.predict.dicom_series`; ``series_uids``: the SeriesInstanceUIDs to read, the
     CLI's ``--series-uid``, one per case folder; empty: the largest CT series); :class:`InputError` naming the
     path."""

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from nnunet_plus import image_io
-from nnunet_plus.atomic import atomic_path, write_json_atomic
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files import image_io
+from nnunet_plus.files.atomic import atomic_path, write_json_atomic
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.predict.errors import InputError
 from nnunet_plus.predict.inputs import is_dicom_source
 from nnunet_plus.refine import CaseResult
@@ -114,7 +114,7 @@ def check_output_names(cases: Sequence[str], output_folder: str | Path, *, save_
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a (Z, Y, X) array with ``geometry`` (origin, spacing, direction copied unchanged), compressed and
-    verified (:func:`nnunet_plus.image_io.write_image`: a failed write raises and leaves no file behind)."""
+    verified (:func:`nnunet_plus.files.image_io.write_image`: a failed write raises and leaves no file behind)."""
     image_io.write_image(geometry.apply(sitk.GetImageFromArray(array)), path)
 
 

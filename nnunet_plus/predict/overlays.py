@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 from nnunet_plus.predict.outputs import label_colors
 from nnunet_plus.schema import LesionSchema
 

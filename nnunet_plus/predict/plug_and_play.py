@@ -6,7 +6,7 @@
   (its properties: geometry in ``sitk_stuff``), as written by ``nnUNetv2_predict --save_probabilities`` with
   any nnU-Net model (when DIR holds ``.npz`` files, only those are used). The pickle is never run: with the
   CT images (``-i``) the geometry is taken from the image and the ``.pkl`` is not opened; without them it is
-  read as plain data (:func:`nnunet_plus.safe_load.load_properties`). ``trust_pickle`` (``--trust-pickle``)
+  read as plain data (:func:`nnunet_plus.files.safe_load.load_properties`). ``trust_pickle`` (``--trust-pickle``)
   unpickles it with ``pickle.load`` (a warning is logged), as nnU-Net does; or
 * per-class probability images named like multi-channel inputs: ``<case>_XXXX.nii.gz`` = probability of
   label value XXXX, one file for each of the K labels of the dataset (any SimpleITK format).
@@ -28,14 +28,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.predict.dicom_out import DicomRequest
 from nnunet_plus.predict.errors import InputError
 from nnunet_plus.predict.inputs import (CaseInput, check_output_folder, discover_cases, image_to_array,
                                         prepare_output_folder, read_case, read_sitk)
 from nnunet_plus.predict.runner import RunReport, finish_run, run_pipeline, select_cases, write_case_outputs
 from nnunet_plus.refine import CaseRefiner
-from nnunet_plus.safe_load import load_properties, load_softmax
+from nnunet_plus.files.safe_load import load_properties, load_softmax
 
 _PROBABILITY_TOLERANCE = 1e-3
 _SUM_TOLERANCE = 1e-2  # float16 exports
@@ -81,7 +81,7 @@ def discover_sources(folder: str | Path, *, mode: str, num_classes: int,
 
 def _load_npz(npz_path: Path, pkl_path: Path, image_geometry: Geometry | None,
               trust_pickle: bool) -> tuple[np.ndarray, Geometry, dict]:
-    """nnU-Net's ``.npz`` probabilities (:func:`nnunet_plus.safe_load.load_softmax`) and their geometry, from the
+    """nnU-Net's ``.npz`` probabilities (:func:`nnunet_plus.files.safe_load.load_softmax`) and their geometry, from the
     case's image when given (the ``.pkl`` is then not read, unless ``trust_pickle``), else from the ``.pkl``."""
     try:
         probabilities = load_softmax(npz_path).astype(np.float32, copy=False)

@@ -28,14 +28,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.paths import dataset_name, ensure_ext_trainer_env, nnunet_folder, trained_folds
 from nnunet_plus.predict.dicom_out import DicomRequest, model_id_of
 from nnunet_plus.predict.errors import InputError
 from nnunet_plus.predict.inputs import check_output_folder, discover_cases, prepare_output_folder, read_case
 from nnunet_plus.predict.runner import RunReport, finish_run, run_pipeline, select_cases, write_case_outputs
 from nnunet_plus.refine import CaseRefiner, CaseResult
-from nnunet_plus.safe_load import check_checkpoint
+from nnunet_plus.files.safe_load import check_checkpoint
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)

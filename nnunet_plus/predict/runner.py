@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 from nnunet_plus.predict.outputs import (RUN_INFO, case_paths, check_output_names, is_case_done, write_case,
                                          write_label_descriptions, write_probabilities, write_tables)
 from nnunet_plus.refine import CaseResult

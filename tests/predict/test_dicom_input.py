@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid  # noqa: E402
 
-from nnunet_plus.image_io import Geometry  # noqa: E402
+from nnunet_plus.files.image_io import Geometry  # noqa: E402
 from nnunet_plus.predict import cli  # noqa: E402
 from nnunet_plus.predict.errors import InputError  # noqa: E402
 from nnunet_plus.predict.inputs import discover_cases, read_case, read_sitk  # noqa: E402

@@ -18,7 +18,7 @@ hd = pytest.importorskip("highdicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from nnunet_plus.image_io import Geometry  # noqa: E402
+from nnunet_plus.files.image_io import Geometry  # noqa: E402
 from nnunet_plus.predict import dicom_out  # noqa: E402
 from nnunet_plus.predict.dicom_codes import LOCAL_SCHEME, label_concepts  # noqa: E402
 from nnunet_plus.predict.dicom_seg import label_map_from_seg  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.predict.errors import InputError
 from nnunet_plus.predict.inputs import discover_cases, read_case, split_image_name
 

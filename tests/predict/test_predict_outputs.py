@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from nnunet_plus.atomic import atomic_path, write_json_atomic
-from nnunet_plus.image_io import Geometry
+from nnunet_plus.files.atomic import atomic_path, write_json_atomic
+from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.predict.outputs import (build_tables, is_case_done, label_colors, write_image,
                                          write_label_descriptions, write_tables)
 from nnunet_plus.schema import build_schema

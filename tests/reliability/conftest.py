@@ -42,16 +42,27 @@ def from_segmentation(source: Path, output: Path, *, images: Path | None = None,
                              num_processes=0, progress=False, **options)
 
 
-@pytest.fixture
-def cohort(tmp_path, make_tiny_case) -> SimpleNamespace:
-    """``cohort.case(name, folder, seg_folder)`` writes ``<name>.nii.gz`` CT + label map (8 x 32 x 32 voxels);
-    ``cohort.run`` is :func:`from_segmentation`, ``cohort.write`` :func:`write_nifti`."""
-    image, labels = make_tiny_case(3, shape=(8, 32, 32))
+class Cohort:
+    """A tiny cohort in ``root``: :meth:`case` writes one case; ``run`` is :func:`from_segmentation`, ``write``
+    :func:`write_nifti`, ``schema`` the tests' lesion schema."""
 
-    def case(name: str, images: Path, segmentations: Path) -> tuple[Path, Path]:
-        return (write_nifti(image.astype(np.int16), images / f"{name}.nii.gz"),
-                write_nifti(labels, segmentations / f"{name}.nii.gz"))
-    return SimpleNamespace(case=case, root=tmp_path, run=from_segmentation, write=write_nifti, schema=SCHEMA)
+    run = staticmethod(from_segmentation)
+    write = staticmethod(write_nifti)
+    schema = SCHEMA
+
+    def __init__(self, root: Path, image: np.ndarray, labels: np.ndarray) -> None:
+        self.root, self._image, self._labels = root, image, labels
+
+    def case(self, name: str, images: Path, segmentations: Path) -> tuple[Path, Path]:
+        """``<name>.nii.gz`` CT in ``images`` and label map in ``segmentations`` (8 x 32 x 32 voxels)."""
+        return (write_nifti(self._image.astype(np.int16), images / f"{name}.nii.gz"),
+                write_nifti(self._labels, segmentations / f"{name}.nii.gz"))
+
+
+@pytest.fixture
+def cohort(tmp_path, make_tiny_case) -> Cohort:
+    """:class:`Cohort` in the test's tmp_path."""
+    return Cohort(tmp_path, *make_tiny_case(3, shape=(8, 32, 32)))
 
 
 def run_with_file_size_limit(code: str, max_file_bytes: int, *, cwd: Path) -> subprocess.CompletedProcess:
@@ -72,34 +83,45 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     return path
 
 
-@pytest.fixture
-def faults(monkeypatch) -> Iterator[SimpleNamespace]:
-    """Fault injection: ``faults.truncate(path, keep=0.5)``, ``faults.file_size_limit(code, max_bytes, cwd=...)``
-    (:func:`run_with_file_size_limit`), ``faults.truncating_writer()``, which makes ``sitk.WriteImage``
-    behave as on a full disk: it writes half the file and returns normally; ``faults.immutable(path)``: the
-    immutable flag (``chattr +i``, root only; the test is skipped where it is refused), ``faults.read_only(path)``:
-    mode 0555 / 0444, plus the immutable flag for root (who writes through any mode)."""
-    write = sitk.WriteImage
-    frozen: list[Path] = []
+class Faults:
+    """Fault injection: :meth:`truncate`, :meth:`file_size_limit` (:func:`run_with_file_size_limit`),
+    :meth:`truncating_writer`, :meth:`immutable`, :meth:`read_only`; the immutable flags are lifted by the fixture."""
 
-    def half_written(image, path, *args, **kwargs):
-        write(image, path, *args, **kwargs)
-        truncate(Path(path))
+    truncate = staticmethod(truncate)
+    file_size_limit = staticmethod(run_with_file_size_limit)
 
-    def immutable(path: Path) -> Path:
+    def __init__(self, monkeypatch) -> None:
+        self._monkeypatch = monkeypatch
+        self.frozen: list[Path] = []
+
+    def truncating_writer(self) -> None:
+        """Make ``sitk.WriteImage`` behave as on a full disk: it writes half the file and returns normally."""
+        write = sitk.WriteImage
+
+        def half_written(image, path, *args, **kwargs):
+            write(image, path, *args, **kwargs)
+            truncate(Path(path))
+        self._monkeypatch.setattr(sitk, "WriteImage", half_written)
+
+    def immutable(self, path: Path) -> Path:
+        """The immutable flag (``chattr +i``, root only; the test is skipped where it is refused)."""
         if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
             pytest.skip("chattr +i (the immutable flag) is not permitted here")
-        frozen.append(path)
+        self.frozen.append(path)
         return path
 
-    def read_only(path: Path) -> Path:
+    def read_only(self, path: Path) -> Path:
+        """Mode 0555 / 0444, plus the immutable flag for root (who writes through any mode)."""
         path.chmod(0o555 if path.is_dir() else 0o444)
-        return immutable(path) if os.geteuid() == 0 else path  # root writes through any mode
+        return self.immutable(path) if os.geteuid() == 0 else path
 
-    yield SimpleNamespace(truncate=truncate, file_size_limit=run_with_file_size_limit, read_only=read_only,
-                          immutable=immutable,
-                          truncating_writer=lambda: monkeypatch.setattr(sitk, "WriteImage", half_written))
-    for path in frozen:
+
+@pytest.fixture
+def faults(monkeypatch) -> Iterator[Faults]:
+    """:class:`Faults`; every file it made immutable is made writable again afterwards."""
+    injected = Faults(monkeypatch)
+    yield injected
+    for path in injected.frozen:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
@@ -107,7 +129,7 @@ def faults(monkeypatch) -> Iterator[SimpleNamespace]:
 def model_grid() -> SimpleNamespace:
     """``model_grid.predictor``: what :meth:`PLUSPredictor.check_resampling` reads of a loaded model (target
     spacing 4 x 1.5 x 1.5 mm, z-y-x); ``model_grid.geometry(spacing_xyz)``: a 16 x 16 x 8 (x, y, z) image."""
-    from nnunet_plus.image_io import Geometry
+    from nnunet_plus.files.image_io import Geometry
 
     predictor = SimpleNamespace(nnunet=SimpleNamespace(
         plans_manager=SimpleNamespace(transpose_forward=[0, 1, 2]),
@@ -148,11 +170,11 @@ def kill_when(command: list[str], log: Path, when: Callable[[], bool], *, delay:
 
 def assert_complete_files(folder: Path) -> list[Path]:
     """Assert that every file under a final name in ``folder`` (recursively; names starting with "." are temp files
-    and staging folders) is complete: :func:`~nnunet_plus.integrity.check_complete` by type (gzip / NIfTI, JSON,
-    PNG, npz), images read back with :func:`nnunet_plus.image_io.read_image`, CSV rows as long as the header,
+    and staging folders) is complete: :func:`~nnunet_plus.files.integrity.check_complete` by type (gzip / NIfTI, JSON,
+    PNG, npz), images read back with :func:`nnunet_plus.files.image_io.read_image`, CSV rows as long as the header,
     ``.pth`` files load as PLUS classifier checkpoints. Returns the hidden entries (what a kill left behind)."""
-    from nnunet_plus.image_io import read_image
-    from nnunet_plus.integrity import check_complete
+    from nnunet_plus.files.image_io import read_image
+    from nnunet_plus.files.integrity import check_complete
 
     hidden = []
     for path in sorted(folder.rglob("*")):
@@ -178,24 +200,25 @@ def assert_complete_files(folder: Path) -> list[Path]:
     return hidden
 
 
-def _classifier_fixtures():
-    """tests/classifier/conftest.py as a module (its synthetic project writer; test folders cannot import each
-    other's conftest by name)."""
-    path = Path(__file__).resolve().parents[1] / "classifier" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("nnunet_plus_tests_classifier_fixtures", path)
+def _classifier_project_module():
+    """tests/classifier/classifier_project.py (the classifier tests' synthetic project writer), loaded by path:
+    that folder is not on sys.path while these tests run."""
+    path = Path(__file__).resolve().parents[1] / "classifier" / "classifier_project.py"
+    spec = importlib.util.spec_from_file_location("nnunet_plus_tests_classifier_project", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-def classifier_project(root: Path, *, build_bank: bool = True) -> SimpleNamespace:
+def classifier_project(root: Path, *, build_bank: bool = True):
     """The classifier tests' synthetic project (``Dataset998_ClsTrainer``, 6 cases, a 2-fold split) under ``root``;
     ``project.build_bank()`` builds its candidate bank into ``project.bank`` (the settings of the ``cls_project``
     fixture), which ``build_bank`` does right away."""
     from nnunet_plus.classifier.bank import build_candidate_bank
     from nnunet_plus.classifier.bank_settings import BankSettings
 
-    fixtures = _classifier_fixtures()
+    fixtures = _classifier_project_module()
     project = fixtures.write_project(root)
     project.bank = project.classifier / "candidate_bank"
     project.build_bank = lambda: build_candidate_bank(
@@ -213,13 +236,26 @@ def classifier_files():
     return classifier_project
 
 
+class Sigkill:
+    """Kill -9 and resume: :meth:`run` (:func:`kill_when`), :meth:`assert_complete` (:func:`assert_complete_files`),
+    and random kill points drawn with ``seed`` (:meth:`uniform`, :meth:`randint`); ``tag`` names the seed for
+    assertion messages (set ``NNUNET_PLUS_KILL_SEED`` to replay one)."""
+
+    run = staticmethod(kill_when)
+    assert_complete = staticmethod(assert_complete_files)
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self.tag = f"NNUNET_PLUS_KILL_SEED={seed}"
+
+    def uniform(self, a: float, b: float) -> float:
+        return self._rng.uniform(a, b)
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rng.randint(a, b)
+
+
 @pytest.fixture
-def sigkill() -> SimpleNamespace:
-    """Kill -9 and resume: ``sigkill.run(command, log, when, delay=...)`` (:func:`kill_when`),
-    ``sigkill.assert_complete(folder)`` (:func:`assert_complete_files`), and random kill points:
-    ``sigkill.uniform(a, b)``, ``sigkill.randint(a, b)``;
-    ``sigkill.tag`` names the seed for assertion messages (set ``NNUNET_PLUS_KILL_SEED`` to replay one)."""
-    seed = int(os.environ.get("NNUNET_PLUS_KILL_SEED") or random.randrange(2 ** 32))
-    rng = random.Random(seed)
-    return SimpleNamespace(run=kill_when, assert_complete=assert_complete_files, uniform=rng.uniform,
-                           randint=rng.randint, tag=f"NNUNET_PLUS_KILL_SEED={seed}")
+def sigkill() -> Sigkill:
+    """:class:`Sigkill` with the seed of ``NNUNET_PLUS_KILL_SEED``, or a random one."""
+    return Sigkill(int(os.environ.get("NNUNET_PLUS_KILL_SEED") or random.randrange(2 ** 32)))

@@ -12,7 +12,7 @@ import stat
 import pytest
 
 from nnunet_plus.schema import SchemaError, build_schema
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 from nnunet_plus.schema_cli import main
 
 LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_plus.atomic import TEMP_NAME
+from nnunet_plus.files.atomic import TEMP_NAME
 
 # ---- predict ------------------------------------------------------------------------------------------------------
 N_CASES = 10
@@ -193,7 +193,7 @@ DEMO_ARGS = ["--cases", "4", "--test-cases", "1", "--extra-cases", "0", "-np", "
 
 def test_demo_killed_in_its_first_step_then_rerun_completes_it(tmp_path, sigkill):
     from nnunet_plus.demo import DATASET_ID as DEMO_DATASET, DATASET_NAME, TIMINGS_FILE, Demo
-    from nnunet_plus.integrity import check_complete
+    from nnunet_plus.files.integrity import check_complete
     from nnunet_plus.phantom.cli import main as make_phantom
 
     # the phantom step uninterrupted, with the demo's own options (seed 0, 4 + 1 cases)

@@ -1,11 +1,11 @@
-"""The one reader of nnU-Net's exported probabilities (nnunet_plus.safe_load.load_softmax): no pickle, and a
+"""The one reader of nnU-Net's exported probabilities (nnunet_plus.files.safe_load.load_softmax): no pickle, and a
 one-line error naming the file for anything that is not a finite (C, Z, Y, X) array."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nnunet_plus.safe_load import load_softmax
+from nnunet_plus.files.safe_load import load_softmax
 
 
 def test_reads_a_softmax_export(tmp_path):

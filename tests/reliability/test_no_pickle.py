@@ -105,7 +105,7 @@ def test_validation_export_pkl_never_runs_code(tmp_path):
 
 def test_nnunet_checkpoint_is_opened_safely_first(tmp_path, caplog):
     torch = pytest.importorskip("torch")
-    from nnunet_plus.safe_load import check_checkpoint
+    from nnunet_plus.files.safe_load import check_checkpoint
 
     plain = {"network_weights": {"w": torch.zeros(2)}, "init_args": {"device": torch.device("cpu"), "fold": 0},
              "logging": {"ema_fg_dice": [np.float64(0.5)]}, "_best_ema": np.float64(0.5),

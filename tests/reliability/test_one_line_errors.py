@@ -152,8 +152,8 @@ def test_a_one_voxel_image_is_predicted_with_its_overlay_and_evaluated(cohort, s
     import SimpleITK as sitk
 
     from nnunet_plus.evaluation.cli import main
-    from nnunet_plus.image_io import read_image
-    from nnunet_plus.integrity import check_complete
+    from nnunet_plus.files.image_io import read_image
+    from nnunet_plus.files.integrity import check_complete
 
     labels = np.ones(shape, np.uint8)
     labels.flat[0] = 2  # one HCC voxel in the liver

@@ -1,9 +1,9 @@
 """Finding 3 of issue 14: truncated images are never read silently (SimpleITK fills the missing part with zeros).
 
-Every image the project reads from the user goes through :func:`nnunet_plus.image_io.read_image`: a ``.gz``
+Every image the project reads from the user goes through :func:`nnunet_plus.files.image_io.read_image`: a ``.gz``
 file must decompress to its end marker and CRC, a NIfTI file must hold the bytes its header announces. Where
 nnU-Net's reader reads the raw dataset (the classifier's candidate bank and its validation), the files are checked
-first (:func:`nnunet_plus.integrity.check_complete`).
+first (:func:`nnunet_plus.files.integrity.check_complete`).
 """
 from __future__ import annotations
 

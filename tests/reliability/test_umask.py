@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from nnunet_plus.predict.outputs import atomic_path
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 
 @pytest.fixture

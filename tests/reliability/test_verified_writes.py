@@ -1,7 +1,7 @@
 """Finding 4 of issue 14: a failed write never leaves a file under its final name.
 
 SimpleITK's NIfTI writer does not raise when a write fails (full disk, file-size limit): every file goes
-through :func:`nnunet_plus.atomic.atomic_path`, which checks the temp file (gzip stream, NIfTI size, the
+through :func:`nnunet_plus.files.atomic.atomic_path`, which checks the temp file (gzip stream, NIfTI size, the
 header read back, JSON, PNG, npz) before the rename. A failed case is not "done" for --continue_prediction.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 from nnunet_plus.predict.outputs import is_case_done
 
 _WRITE_NOISE = textwrap.dedent("""
     import numpy as np
-    from nnunet_plus.image_io import Geometry
+    from nnunet_plus.files.image_io import Geometry
     from nnunet_plus.predict.outputs import write_image
     geometry = Geometry((64, 64, 16), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     noise = np.random.default_rng(0).integers(-1000, 1000, (16, 64, 64)).astype(np.int16)

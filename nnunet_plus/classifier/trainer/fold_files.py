@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nnunet_plus.atomic import write_json_atomic
+from nnunet_plus.files.atomic import write_json_atomic
 
 __all__ = ["BEST", "FINAL", "HISTORY_FILE", "LATEST", "NoCandidateError", "SKIPPED_FILE", "clear_skipped",
            "fold_complete", "read_history", "read_skipped", "write_history", "write_skipped"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from nnunet_plus.atomic import atomic_path
+from nnunet_plus.files.atomic import atomic_path
 from nnunet_plus.classifier.data import CandidateDataset, collate_patients
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, FittedRule, fit_rule, save_rule
 from nnunet_plus.classifier.rule_scores import NETWORK_RULE, score_cases

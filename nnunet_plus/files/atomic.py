@@ -4,7 +4,7 @@ ever sees half a file and no failed write leaves a file under the final name.
 The writer creates the temp file itself, the way a plain ``open()`` creates a file (mode 0666 minus the
 umask; nothing here reads or changes the process umask, so it is safe in threads); a file that is replaced
 keeps its mode, and a read-only file is never replaced. Before the rename the temp file is checked by its
-type (:func:`nnunet_plus.integrity.check_complete`: gzip stream / NIfTI size, JSON, PNG, npz), because some
+type (:func:`nnunet_plus.files.integrity.check_complete`: gzip stream / NIfTI size, JSON, PNG, npz), because some
 writers do not raise when a write fails (SimpleITK's NIfTI writer on a full disk or past a file-size limit
 leaves a truncated file and returns normally).
 
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nnunet_plus.integrity import IncompleteFileError, check_complete
+from nnunet_plus.files.integrity import IncompleteFileError, check_complete
 
 
 #: the hidden temp files :func:`atomic_path` writes: ``.<name>.<32 hex digits>.tmp<suffix>``
@@ -53,8 +53,8 @@ def check_replaceable(path: str | os.PathLike) -> None:
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a unique hidden temp path beside ``path`` (same suffixes, not created: the writer creates it);
-    when the block succeeds the temp file is verified (:func:`~nnunet_plus.integrity.check_complete`, then
-    ``check(tmp)`` if given, which raises :class:`~nnunet_plus.integrity.IncompleteFileError`) and renamed
+    when the block succeeds the temp file is verified (:func:`~nnunet_plus.files.integrity.check_complete`, then
+    ``check(tmp)`` if given, which raises :class:`~nnunet_plus.files.integrity.IncompleteFileError`) and renamed
     onto ``path`` (taking the mode of the file it replaces); otherwise it is removed and ``path`` is left as
     it was. A failed check raises :class:`IncompleteWriteError` (one line naming ``path``); a read-only
     ``path`` raises :class:`PermissionError` before anything is written."""

@@ -4,7 +4,7 @@
 ``.nii.gz`` or ``.nii`` as an image whose missing part is zeros, without a word); :func:`write_image` writes a
 temp file, checks it (complete, and its header reads back with the image's size and pixel type: SimpleITK's
 NIfTI writer does not raise on a write error) and only then renames it onto the target
-(:func:`nnunet_plus.atomic.atomic_path`). Errors are one line naming the file.
+(:func:`nnunet_plus.files.atomic.atomic_path`). Errors are one line naming the file.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_plus.atomic import atomic_path
-from nnunet_plus.integrity import IncompleteFileError, check_complete
+from nnunet_plus.files.atomic import atomic_path
+from nnunet_plus.files.integrity import IncompleteFileError, check_complete
 
 
 _GEOMETRY_ATOL_MM = 1e-4
@@ -90,7 +90,7 @@ class ImageReadError(ValueError):
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """``sitk.ReadImage(path)`` after :func:`~nnunet_plus.integrity.check_complete`; :class:`ImageReadError`."""
+    """``sitk.ReadImage(path)`` after :func:`~nnunet_plus.files.integrity.check_complete`; :class:`ImageReadError`."""
     path = Path(path)
     try:
         check_complete(path)
@@ -108,7 +108,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 
 def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> None:
     """Write ``image`` to ``path`` (format by suffix), verified, through a temp file + rename; a failed write
-    raises :class:`~nnunet_plus.atomic.IncompleteWriteError` and leaves ``path`` as it was."""
+    raises :class:`~nnunet_plus.files.atomic.IncompleteWriteError` and leaves ``path`` as it was."""
     size, pixel = tuple(image.GetSize()), image.GetPixelID()
 
     def reads_back(tmp: Path) -> None:
