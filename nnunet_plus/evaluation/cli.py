@@ -102,7 +102,9 @@ def resolve_schema(dataset: str | None, schema_path: Path | None, reference_dir:
         if candidate.is_file():
             logging.getLogger(__name__).info("lesion schema from %s", candidate)
             return LesionSchema.from_dataset_json(candidate)
-    raise SchemaError("no lesion schema: pass -d DATASET or --schema path/to/dataset.json")
+    raise SchemaError(f"no lesion schema: neither {(prediction_dir / 'dataset.json').resolve()} nor "
+                      f"{(reference_dir.parent / 'dataset.json').resolve()} exists; pass -d DATASET or --schema "
+                      "path/to/dataset.json")
 
 
 def _companion(output: Path, tag: str) -> Path:

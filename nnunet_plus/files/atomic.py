@@ -13,6 +13,7 @@ Folders written in a hidden staging folder are swapped into place whole by :func
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nnunet_plus.files.integrity import IncompleteFileError, check_complete
+
+logger = logging.getLogger(__name__)
+#: a temp file or staging folder untouched for this long (s) belongs to a killed writer, not a running one
+STALE_TEMP_S = 600
 
 
 #: the hidden temp files :func:`atomic_path` writes: ``.<name>.<32 hex digits>.tmp<suffix>``
@@ -95,6 +100,33 @@ def stale_temp_files(folder: str | os.PathLike, older_than_s: float) -> list[Pat
         except FileNotFoundError:  # removed meanwhile (renamed by its writer, or by another part)
             pass
     return sorted(stale)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, older_than_s: float = STALE_TEMP_S, *,
+                            staging_of: str | None = None) -> int:
+    """Remove what killed writers left in ``folder`` (nothing when it does not exist): the temp files of
+    :func:`atomic_path` (:func:`stale_temp_files`) and, given ``staging_of`` (a folder name), the staging and
+    set-aside folders of :func:`replace_folder` for it (``.<name>.*.tmp``, ``.<name>.old-*``) not modified for
+    ``older_than_s`` seconds. Returns how many were removed; one that cannot be is logged and left."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    stale: list[Path] = list(stale_temp_files(folder, older_than_s))
+    if staging_of is not None:
+        for pattern in (f".{staging_of}.*.tmp", f".{staging_of}.old-*"):
+            stale += [p for p in folder.glob(pattern) if p.is_dir() and not p.is_symlink()
+                      and p.stat().st_mtime < cutoff]
+    removed = 0
+    for path in stale:
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            removed += 1
+        except OSError as exc:
+            logger.warning("%s: left by an interrupted run, not removed (%s)", path, exc.strerror or exc)
+    if removed:
+        logger.info("%s: removed %d temp file(s) / folder(s) left by an interrupted run", folder, removed)
+    return removed
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -46,7 +46,7 @@ from nnunet_plus.phantom.case import render_case
 from nnunet_plus.phantom.cohort import CaseSpec, plan_cohort
 from nnunet_plus.phantom.lesions import LESION_TYPES
 from nnunet_plus.schema import SCHEMA_KEY, build_schema
-from nnunet_plus.files.atomic import replace_folder, write_json_atomic
+from nnunet_plus.files.atomic import remove_stale_temp_files, replace_folder, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,7 @@ def make_phantom_dataset(dataset_id: int, n_train: int, *, n_test: int = 20, see
                     healthy_fraction=healthy_fraction, lesion_types=list(selected), n_train=int(n_train),
                     n_test=int(n_test), conspicuity=float(conspicuity), case_prefix=case_prefix)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(root, staging_of=target.name)  # a killed run's staging folder
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
     try:
         _make_subfolders(staging)

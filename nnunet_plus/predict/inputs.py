@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_plus.files.atomic import stale_temp_files
+from nnunet_plus.files.atomic import remove_stale_temp_files
 from nnunet_plus.files.image_io import Geometry, ImageReadError, read_image
 from nnunet_plus.predict.errors import InputError
 
@@ -144,13 +144,12 @@ def check_output_folder(output_folder: str | Path, input_folders: Mapping[str, s
 
 
 #: temp files older than this (seconds) are left by a killed run, not by a running part of this one
-STALE_TEMP_S = 600
 
 
 def prepare_output_folder(output_folder: str | Path) -> Path:
     """Create ``output_folder`` and check that files can be created in it (a temp file is created and removed),
     before any case is computed; :class:`InputError` naming the folder otherwise. Temp files of a killed run
-    (older than :data:`STALE_TEMP_S`, see :func:`~nnunet_plus.files.atomic.stale_temp_files`) are removed."""
+    are removed (:func:`~nnunet_plus.files.atomic.remove_stale_temp_files`)."""
     folder = Path(output_folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -159,15 +158,7 @@ def prepare_output_folder(output_folder: str | Path) -> Path:
     except OSError as exc:
         raise InputError(f"-o {folder} is not a writable folder ({exc.strerror or exc}); choose another output "
                          "folder or fix its permissions") from exc
-    removed = 0
-    for path in stale_temp_files(folder, STALE_TEMP_S):
-        try:
-            path.unlink(missing_ok=True)
-            removed += 1
-        except OSError as exc:
-            logger.warning("%s: temp file of an interrupted run not removed (%s)", path, exc.strerror or exc)
-    if removed:
-        logger.info("%s: removed %d temp file(s) left by an interrupted run", folder, removed)
+    remove_stale_temp_files(folder)
     return folder
 
 

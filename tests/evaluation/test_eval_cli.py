@@ -136,7 +136,8 @@ def test_geometry_mismatch_is_an_error(dataset, capsys):
         evaluate_folders(dataset["ref"], dataset["ours"], SCHEMA, num_processes=1, quiet=True)
     rc = main(["-ref", str(dataset["ref"]), "-pred", str(dataset["ours"]), "--schema", str(dataset["json"]),
                "--quiet", "-np", "1"])
-    assert rc == 1 and "geometry" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "geometry" in err and "spacing" in err  # what differs is named
 
 
 def test_case_json_and_instances_are_read(dataset):
@@ -181,3 +182,5 @@ def test_cli_without_schema_is_a_one_line_error(tmp_path, capsys):
     rc = main(["-ref", str(ref), "-pred", str(pred), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "-d DATASET or --schema" in err and len(err.strip().splitlines()) == 1
+    # it names where it looked: the dataset.json nnU-Net copies beside predictions, and the raw layout's
+    assert str((pred / "dataset.json").resolve()) in err and str((tmp_path / "dataset.json").resolve()) in err

@@ -63,7 +63,7 @@ def test_stale_temp_files_of_a_killed_run_are_removed(cohort, caplog):
         path.write_bytes(b"half a file")
         if path != fresh:
             os.utime(path, (hour_ago, hour_ago))
-    with caplog.at_level(logging.INFO, logger="nnunet_plus.predict.inputs"):
+    with caplog.at_level(logging.INFO, logger="nnunet_plus.files.atomic"):
         report = cohort.run(cohort.root / "seg", out)
     assert report.done == ["liver"]
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
@@ -85,3 +85,49 @@ def test_run_info_keeps_the_report_of_every_part(cohort, caplog):
     assert {key: report["done"] for key, report in info["parts"].items()} == {"0/2": ["a_case"], "1/2": ["b_case"]}
     cohort.run(cohort.root / "seg", out)  # a single run in the same folder: only its own report
     assert list(json.loads((out / "nnunet_plus_predict.json").read_text())["parts"]) == ["0/1"]
+
+
+def _stale(path, hour_ago=True):
+    """``path`` as a killed writer leaves it (a file, or a folder when it has no suffix after '.tmp')."""
+    if path.name.endswith(".tmp"):
+        path.mkdir(parents=True)
+        (path / "half.nii.gz").write_bytes(b"half")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    if hour_ago:
+        then = time.time() - 3600
+        os.utime(path, (then, then))
+    return path
+
+
+def test_a_killed_phantom_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    from nnunet_plus.phantom.dataset import make_phantom_dataset
+
+    name = "Dataset977_LiverPhantom"
+    stale = _stale(tmp_path / f".{name}.k1ll3d.tmp")
+    running = _stale(tmp_path / f".{name}.runn1ng.tmp", hour_ago=False)  # another run writing right now
+    other = _stale(tmp_path / ".Dataset978_LiverPhantom.k1ll3d.tmp")  # another dataset's: not ours to judge
+    make_phantom_dataset(977, 1, n_test=0, shape=(20, 40, 40), spacing=(6.0, 5.0, 5.0), out_dir=tmp_path,
+                         num_processes=1, quiet=True)
+    assert (tmp_path / name / "dataset.json").is_file()
+    assert not stale.exists() and running.exists() and other.exists()
+
+
+def test_a_killed_classifier_runs_temp_files_are_removed_by_the_next_run(tmp_path, classifier_files, monkeypatch):
+    from nnunet_plus.classifier.bank_settings import BankSettings
+    from nnunet_plus.classifier.trainer.settings import TrainerSettings
+    from nnunet_plus.classifier.trainer.train_fold import train_classifier_fold
+
+    project = classifier_files(tmp_path / "project")
+    for key, value in project.env.items():
+        monkeypatch.setenv(key, value)
+    fold = project.classifier / "fold_0"
+    stale = [_stale(fold / f".checkpoint_latest.pth.{uuid.uuid4().hex}.tmp.pth"),
+             _stale(fold / "validation" / f".summary.json.{uuid.uuid4().hex}.tmp.json"),
+             _stale(project.bank / f".cls_000.npz.{uuid.uuid4().hex}.tmp.npz")]
+    result = train_classifier_fold(project.dataset, "3d_fullres", 0, settings=TrainerSettings(epochs=1, preset="tiny"),
+                                   bank_settings=BankSettings(roi_shape=(16, 32, 32), liver_shape=(16, 32, 32)),
+                                   device="cpu", num_processes=1, quiet=True)  # the fixture's bank settings
+    assert result.fold_folder == fold and (fold / "checkpoint_final.pth").is_file()
+    assert not any(p.exists() for p in stale)

@@ -11,6 +11,7 @@ import torch
 
 from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.classifier.trainer.settings import TrainerSettings
+from nnunet_plus.files.atomic import remove_stale_temp_files
 
 __all__ = ["FoldTrainingResult", "build_classifier_bank", "train_classifier_fold"]
 
@@ -101,9 +102,12 @@ def train_classifier_fold(dataset: str | int, configuration: str, fold: int, *, 
                                             bank_settings=bank_settings, num_processes=num_processes,
                                             overwrite_bank=overwrite_bank, lesion_shuffles=lesion_shuffles,
                                             extra_cases=extra_cases, quiet=quiet)
+    fold_folder = bank_dir.parent / f"fold_{fold}"
+    for folder in (bank_dir, fold_folder, fold_folder / "validation"):  # what a killed run left half-written
+        remove_stale_temp_files(folder)
     cases = _fold_cases(bank_dir, name, fold, train_command=f"nnUNetv2_train {dataset} {configuration} FOLD "
                                                             f"-tr {trainer} -p {plans}")
-    fold_trainer = PLUSClassifierTrainer(bank_dir, bank_dir.parent / f"fold_{fold}", fold=fold,
+    fold_trainer = PLUSClassifierTrainer(bank_dir, fold_folder, fold=fold,
                                          train_cases=cases.train, val_cases=cases.val,
                                          raw_dataset_dir=nnunet_folder("nnUNet_raw") / name, dataset_name=name,
                                          settings=settings, device=device, quiet=quiet)
