@@ -36,12 +36,9 @@ print(nnunet_folder('nnUNet_results') / dataset_name(sys.argv[1]))" "$DATASET")
 MODEL=$RESULTS/${TRAINER}__nnUNetPlans__$CONFIG
 CLASSIFIER=$RESULTS/PLUSClassifier__${TRAINER}__nnUNetPlans__$CONFIG
 
-# 1. nnU-Net planning and preprocessing (once), with a CT window that reaches every label class (nnU-Net's own
-#    window is the pooled foreground's 0.5-99.5th percentiles: it clips small bright classes such as calcifications)
+# 1. nnU-Net planning and preprocessing (once)
 if [ ! -d "$nnUNet_preprocessed/$(basename "$RESULTS")/nnUNetPlans_$CONFIG" ]; then
-    nnUNetv2_plan_and_preprocess -d "$DATASET" -c "$CONFIG" --verify_dataset_integrity --no_pp
-    nnunet_plus_ct_window -d "$DATASET"
-    nnUNetv2_preprocess -d "$DATASET" -c "$CONFIG"
+    nnUNetv2_plan_and_preprocess -d "$DATASET" -c "$CONFIG" --verify_dataset_integrity
 fi
 
 # 2. nnU-Net, all 5 folds (stage two needs every training case's out-of-fold softmax; --npz keeps it, as

@@ -7,8 +7,7 @@ some of its outputs were written is redone, or continued where the command can):
    a coarse grid (``DEMO_SHAPE`` at ``DEMO_SPACING``) with lesions ``--conspicuity`` times more conspicuous than
    realistic NCCT and ``DEMO_HEALTHY_FRACTION`` lesion-free subjects, so that two CPU cores can train both
    stages in minutes.
-2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --no_pp``, ``nnunet_plus_ct_window`` (a CT window that clips no
-   label class: calcifications), ``nnUNetv2_preprocess``.
+2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
 3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
 4. ``nnUNetv2_train`` on folds 0 and 1 (the lesion-focused recipe: nnUNetTrainerPLUS_lesionFocus_cpuDemo on CPU,
    nnUNetTrainerPLUS_lesionFocus_10epochs on CUDA; resumes with ``--c``).
@@ -223,11 +222,7 @@ class Demo:
             copy = self.gt_segmentations / label.name
             if copy.is_file() and copy.stat().st_size != label.stat().st_size:
                 copy.unlink()  # cut short by a kill; nnU-Net copies only labels newer than the copy, not this one
-        # plan, widen the CT window to every class's range (nnunet_plus.ct_window: calcifications), preprocess
         self.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
-                                         "-npfp", str(self.num_processes), "--no_pp"])
-        self.run("plan_and_preprocess", ["nnunet_plus_ct_window", "-d", str(DATASET_ID)])
-        self.run("plan_and_preprocess", ["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
                                          "-np", str(self.num_processes)])
 
     def write_two_fold_split(self) -> None:

@@ -266,8 +266,7 @@ def help_text(command: str) -> str:
 @pytest.mark.parametrize("script, expected", [
     ("configure_dataset.sh", {"nnunet_plus_configure": {"-d", "--liver", "--lesions", "--malignant", "--benign"}}),
     ("five_fold_workflow.sh", {"nnunet_plus_trainers_path": set(),
-                               "nnUNetv2_plan_and_preprocess": {"-d", "-c", "--verify_dataset_integrity", "--no_pp"},
-                               "nnunet_plus_ct_window": {"-d"}, "nnUNetv2_preprocess": {"-d", "-c"},
+                               "nnUNetv2_plan_and_preprocess": {"-d", "-c", "--verify_dataset_integrity"},
                                "nnUNetv2_train": {"-tr", "--npz", "-device", "--c"},
                                "nnunet_plus_train_classifier": {"-tr", "-device", "--c"},
                                "nnunet_plus_predict": {"-i", "-o", "-d", "-c", "-tr", "-f", "--no-classifier"},

@@ -19,8 +19,7 @@ LAYERS: list[set[str]] = [
     {"nnunet_plus.postprocessing"},                                                # the paper's post-processing
     {"nnunet_plus.case_analysis", "nnunet_plus.evaluation", "nnunet_plus.decision_rule", "nnunet_plus.phantom"},
     {"nnunet_plus.refine", "nnunet_plus.nnunet_validation"},                       # softmax -> reported lesions
-    {"nnunet_plus.trainers", "nnunet_plus.classifier", "nnunet_plus.schema_cli",  # the two stages' training
-     "nnunet_plus.ct_window"},
+    {"nnunet_plus.trainers", "nnunet_plus.classifier", "nnunet_plus.schema_cli"},  # the two stages' training
     {"nnunet_plus.predict", "nnunet_plus.model_export"},                           # prediction, model files
     {"nnunet_plus.demo_report"},
     {"nnunet_plus.demo"},

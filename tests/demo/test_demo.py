@@ -48,11 +48,9 @@ def test_demo_runs_every_step_and_writes_the_report(demo_run):
     for name in ("nnunet", "plus"):
         assert len(list((workdir / "predictions" / name).glob("case_*_instances.nii.gz"))) == 2
     assert (workdir / "nnUNet_raw" / DATASET_NAME / "dataset.json").is_file()
-    # nnU-Net alone is the + PLUS run's saved softmax without stage two; the plans hold the widened CT window
+    # nnU-Net alone is the + PLUS run's saved softmax without stage two
     info = json.loads((workdir / "predictions" / "nnunet" / "nnunet_plus_predict.json").read_text())
     assert info["mode"] == "from-probabilities"
-    plans = json.loads((workdir / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans.json").read_text())
-    assert "nnunet_plus_ct_window" in plans
     # the extra cohort: predicted by the trained folds, in the candidate bank, spread over the classifier folds
     from nnunet_plus.classifier.bank_io import read_bank_metadata
 
