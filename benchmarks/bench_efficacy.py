@@ -12,8 +12,9 @@ Per seed S, in ``--workdir/seed_S`` (kept: a rerun continues where it stopped):
    numbers of the classifier's candidate bank, cross-fitted along the demo's 2-fold split, its decision rule
    fitted on the out-of-fold tables with the project's operating point (same guard as PLUS: the identity,
    i.e. nnU-Net alone, unless a rule strictly beats it), applied to the test cases. The test cases'
-   candidates come from ``nnunet_plus_predict --no-classifier --save_probabilities`` (same folds, same options
-   as the demo's predictions) and :func:`~nnunet_plus.classifier.candidate_arrays.build_case_candidates`; the reference
+   candidates come from nnU-Net's softmax that the demo's + PLUS prediction keeps (``predictions/plus/<case>.npz``;
+   for a demo folder without it, ``nnunet_plus_predict --no-classifier --save_probabilities`` with the demo's
+   folds and options) and :func:`~nnunet_plus.classifier.candidate_arrays.build_case_candidates`; the reference
    labels only score them.
 
 Metrics on the test cases (``docs/evaluation.md``: overlap criterion, no minimum volume, as the demo
@@ -49,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Efficacy (bench_efficacy.py)"
 RESULTS_FILE = "efficacy.json"
-SOFTMAX_RUN = "nnunet_softmax"  # the peer's prediction folder (nnU-Net alone + probabilities)
+SOFTMAX_RUN = "nnunet_softmax"  # nnU-Net's softmax of the test cases when the + PLUS run did not keep it
 ARMS = ("nnunet", "plus", "peer")
 ARM_NAMES = {"nnunet": "nnU-Net alone", "plus": "+ PLUS", "peer": "+ GBM peer"}
 #: (key, row name, kind): "pct" = fraction printed in %, deltas in percentage points
@@ -141,8 +142,8 @@ def _schema_and_classes(meta: dict):
     return schema, [names.index(n) for n in schema.malignant], [names.index(n) for n in schema.benign]
 
 
-def build_test_banks(demo, meta: dict, schema, out_dir: Path) -> list:
-    """Candidate-bank arrays of the demo's test cases, from the peer prediction's softmax."""
+def build_test_banks(demo, meta: dict, schema, softmax_dir: Path, out_dir: Path) -> list:
+    """Candidate-bank arrays of the demo's test cases, from nnU-Net's softmax (``<case>.npz`` in ``softmax_dir``)."""
     import numpy as np
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
@@ -163,7 +164,7 @@ def build_test_banks(demo, meta: dict, schema, out_dir: Path) -> list:
     for case in cases:
         image, properties = reader.read_images([str(images / f"{case}_{c:04d}{ending}") for c in range(channels)])
         label, _ = reader.read_seg(str(labels / f"{case}{ending}"))
-        with np.load(demo.predictions / SOFTMAX_RUN / f"{case}.npz", allow_pickle=False) as data:
+        with np.load(softmax_dir / f"{case}.npz", allow_pickle=False) as data:
             probabilities = data["probabilities"]
         sitk = properties.get("sitk_stuff", {})
         arrays = build_case_candidates(case, image, np.rint(label[0]).astype(np.int16), probabilities, schema,
@@ -229,13 +230,16 @@ def run_peer_arm(demo, baseline: dict, notes: list[str], *, quiet: bool) -> dict
     splits = load_splits(demo.preprocessed / DATASET_NAME / "splits_final.json")
 
     cases = [p.name[: -len("_0000.nii.gz")] for p in (demo.dataset_raw / "imagesTs").glob("*_0000.nii.gz")]
-    if not all((demo.predictions / SOFTMAX_RUN / f"{c}.npz").is_file() for c in cases):
+    softmax_dir = demo.predictions / "plus"  # the demo's + PLUS run keeps nnU-Net's softmax
+    if not all((softmax_dir / f"{c}.npz").is_file() for c in cases):
+        softmax_dir = demo.predictions / SOFTMAX_RUN
+    if not all((softmax_dir / f"{c}.npz").is_file() for c in cases):
         if not quiet:
             print(f"    peer: nnunet_plus_predict --no-classifier --save_probabilities -> predictions/{SOFTMAX_RUN}",
                   flush=True)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             demo.predict(SOFTMAX_RUN, ["--no-classifier", "--save_probabilities"])
-    test_banks = build_test_banks(demo, meta, schema, demo.workdir / "bench_efficacy" / "test_bank")
+    test_banks = build_test_banks(demo, meta, schema, softmax_dir, demo.workdir / "bench_efficacy" / "test_bank")
 
     n_outputs = int(meta["num_lesion_classes"]) + 1
     identity_tables = [np.zeros((b.num_candidates, n_outputs)) for b in test_banks]
