@@ -72,6 +72,18 @@ def _write_nifti(array: np.ndarray, path: Path) -> None:
     sitk.WriteImage(img, str(path))
 
 
+def write_softmax_export(folder: Path, case: str, probabilities: np.ndarray, spacing: tuple) -> None:
+    """nnU-Net's ``--npz`` export of one case in ``folder``: ``<case>.npz`` (float16 softmax) and ``<case>.pkl``
+    (the properties nnU-Net's SimpleITK reader gives: identity direction, ``spacing`` in (z, y, x) mm)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"{case}.npz", probabilities=probabilities.astype(np.float16))
+    properties = {"sitk_stuff": {"spacing": tuple(spacing)[::-1], "origin": (0.0, 0.0, 0.0),
+                                 "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)},
+                  "spacing": list(spacing)}
+    with open(folder / f"{case}.pkl", "wb") as fh:
+        pickle.dump(properties, fh)
+
+
 @dataclass
 class ClassifierProject:
     """The folders of a project written by :func:`write_project`; ``settings`` / ``bank`` / ``summaries`` are set
@@ -102,14 +114,7 @@ def write_project(root: Path) -> ClassifierProject:
         _write_nifti(image[0], raw / "imagesTr" / f"{case}_0000.nii.gz")
         _write_nifti(reference, raw / "labelsTr" / f"{case}.nii.gz")
         fold = next(k for k, s in enumerate(SPLITS) if case in s["val"])
-        validation = model / f"fold_{fold}" / "validation"
-        validation.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(validation / f"{case}.npz", probabilities=probabilities.astype(np.float16))
-        properties = {"sitk_stuff": {"spacing": CLS_SPACING[::-1], "origin": (0.0, 0.0, 0.0),
-                                     "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)},
-                      "spacing": list(CLS_SPACING)}
-        with open(validation / f"{case}.pkl", "wb") as fh:
-            pickle.dump(properties, fh)
+        write_softmax_export(model / f"fold_{fold}" / "validation", case, probabilities, CLS_SPACING)
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": CLS_LABELS, "numTraining": len(CASES), "file_ending": ".nii.gz",
         "plus": CLS_SCHEMA.to_block()}))

@@ -18,6 +18,8 @@ from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.classifier.candidate_arrays import build_case_candidates
 from nnunet_plus.schema import build_schema
 
+from classifier_project import write_softmax_export
+
 LABELS = {"background": 0, "liver": 1, "hcc": 2, "cyst": 3}
 SCHEMA = build_schema(LABELS, liver=("liver",), lesions=("hcc", "cyst"), sensitivities=(1.0, 4.0))
 SPACING = (2.0, 1.0, 1.0)
@@ -227,13 +229,7 @@ def write_nnunet_case(raw, softmax_dir, case_id, *, channels=1, probabilities=No
     for c in range(channels):
         _write_nifti(image[c], raw / "imagesTr" / f"{case_id}_{c:04d}.nii.gz")
     _write_nifti(reference, raw / "labelsTr" / f"{case_id}.nii.gz")
-    probs = probs if probabilities is None else probabilities
-    np.savez_compressed(softmax_dir / f"{case_id}.npz", probabilities=probs.astype(np.float16))
-    properties = {"sitk_stuff": {"spacing": SPACING[::-1], "origin": (0.0, 0.0, 0.0),
-                                 "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)},
-                  "spacing": list(SPACING)}
-    with open(softmax_dir / f"{case_id}.pkl", "wb") as fh:
-        pickle.dump(properties, fh)
+    write_softmax_export(softmax_dir, case_id, probs if probabilities is None else probabilities, SPACING)
 
 
 def make_raw_dataset(root, *, channels=1):
