@@ -15,7 +15,7 @@ SOURCES = {"nnunet_plus": ROOT / "nnunet_plus", "nnunet_plus.postprocessing": RO
 #: lowest first; a unit is a top-level module or subpackage of nnunet_plus ("nnunet_plus" = the package's API)
 LAYERS: list[set[str]] = [
     {"nnunet_plus", "nnunet_plus.files", "nnunet_plus.schema", "nnunet_plus.paths",  # files, schema, folders
-     "nnunet_plus.child_process"},
+     "nnunet_plus.child_process", "nnunet_plus.cli_types"},
     {"nnunet_plus.postprocessing"},                                                # the paper's post-processing
     {"nnunet_plus.case_analysis", "nnunet_plus.evaluation", "nnunet_plus.decision_rule", "nnunet_plus.phantom"},
     {"nnunet_plus.refine", "nnunet_plus.nnunet_validation"},                       # softmax -> reported lesions

@@ -31,6 +31,8 @@ import logging
 import sys
 from typing import Sequence
 
+from nnunet_plus.cli_types import int_at_least
+
 PROG = "nnunet_plus_train_classifier"
 
 
@@ -91,7 +93,7 @@ def _add_bank_options(parser: argparse.ArgumentParser) -> None:
                                               DEFAULT_ROI_SHAPE, ROI_FOV_RULES)
 
     parser.add_argument("--build-bank-only", action="store_true", help="build / complete the candidate bank and stop")
-    parser.add_argument("--lesion-shuffles", type=_non_negative_int, default=0, metavar="K",
+    parser.add_argument("--lesion-shuffles", type=int_at_least(0), default=0, metavar="K",
                         help="candidate bank: K lesion-shuffled copies of every case (its lesions and nnU-Net's "
                              "candidates moved within its liver; training cases only; stored in bank.json, a bank "
                              "built with another K needs --overwrite-bank; default: %(default)s = off)")
@@ -118,16 +120,6 @@ def _add_bank_options(parser: argparse.ArgumentParser) -> None:
                             f"{DEFAULT_ROI_MIN_MM:g})")
     crops.add_argument("--overwrite-bank", action="store_true",
                        help="rebuild every case of the candidate bank (needed after changing the crop flags)")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def bank_settings(args: argparse.Namespace):

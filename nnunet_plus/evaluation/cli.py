@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_plus.cli_types import float_at_least, int_at_least
 from nnunet_plus.paths import PathError, dataset_name, nnunet_folder
 from nnunet_plus.schema import MIN_REFERENCE_VOLUME_CM3, LesionSchema, SchemaError
 from nnunet_plus.files.atomic import write_json_atomic
@@ -24,28 +25,6 @@ def match_criterion(text: str) -> str:
     if m and 0.0 <= float(m.group(1)) < 1.0:
         return f"dice:{float(m.group(1)):g}"
     raise argparse.ArgumentTypeError(f"{text!r} is not 'overlap' or 'dice:T' with 0 <= T < 1 (e.g. dice:0.2)")
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", type=match_criterion, default="overlap",
                    help="lesion match criterion: 'overlap' (any shared voxel, the cascaded paper) or 'dice:T' "
                         "(Dice > T, PLAN uses dice:0.2); default overlap")
-    p.add_argument("--min-volume", type=non_negative_float, default=MIN_REFERENCE_VOLUME_CM3, metavar="CM3",
+    p.add_argument("--min-volume", type=float_at_least(0.0), default=MIN_REFERENCE_VOLUME_CM3, metavar="CM3",
                    help="reference lesions smaller than this (cm3) are ignored; default "
                         f"{MIN_REFERENCE_VOLUME_CM3:g} (the cascaded paper)")
     p.add_argument("--baseline", type=Path, metavar="OTHER_PRED_DIR",
@@ -81,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots into this folder")
     p.add_argument("--allow-missing", action="store_true",
                    help="count reference cases without a prediction as all false negatives instead of failing")
-    p.add_argument("-np", dest="num_processes", type=positive_int, default=None,
+    p.add_argument("-np", dest="num_processes", type=int_at_least(1), default=None,
                    help="worker processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--connectivity", default="paper", choices=["paper", "6", "18", "26"],
                    help="lesion connectivity of seg2det (default 'paper': 2D components linked across slices)")
