@@ -229,7 +229,7 @@ def run_peer_arm(demo, baseline: dict, notes: list[str], *, quiet: bool) -> dict
     banks = {case: load_case_bank(bank_dir / f"{case}.npz", metadata=meta) for case in sorted(meta.get("cases") or {})}
     splits = load_splits(demo.preprocessed / DATASET_NAME / "splits_final.json")
 
-    cases = [p.name[: -len("_0000.nii.gz")] for p in (demo.dataset_raw / "imagesTs").glob("*_0000.nii.gz")]
+    cases = demo.test_cases
     softmax_dir = demo.predictions / "plus"  # the demo's + PLUS run keeps nnU-Net's softmax
     if not all((softmax_dir / f"{c}.npz").is_file() for c in cases):
         softmax_dir = demo.predictions / SOFTMAX_RUN

@@ -285,8 +285,7 @@ class Demo:
         """nnU-Net alone: the + PLUS run's saved nnU-Net softmax post-processed without the classifier (the same
         outputs as a second sliding-window prediction, without running the network again); the full prediction
         when that softmax is missing."""
-        images = list((self.dataset_raw / "imagesTs").glob("*_0000.nii.gz"))
-        if all((self.predictions / "plus" / f"{p.name[: -len('_0000.nii.gz')]}.npz").is_file() for p in images):
+        if all((self.predictions / "plus" / f"{case}.npz").is_file() for case in self.test_cases):
             self.predict("nnunet", ["--no-classifier", "--from-probabilities", str(self.predictions / "plus")])
         else:
             self.predict("nnunet", ["--no-classifier"])
@@ -301,10 +300,14 @@ class Demo:
     def _evaluated(self) -> bool:
         return all((self.evaluation / name).is_file() for name in EVALUATION_FILES)
 
+    @property
+    def test_cases(self) -> list[str]:
+        """The held-out test cases' ids (``imagesTs/<case>_0000.nii.gz``)."""
+        return [p.name[: -len("_0000.nii.gz")] for p in (self.dataset_raw / "imagesTs").glob("*_0000.nii.gz")]
+
     def _predicted_all(self, name: str) -> bool:
         folder = self.predictions / name
-        cases = [p.name[: -len("_0000.nii.gz")] for p in (self.dataset_raw / "imagesTs").glob("*_0000.nii.gz")]
-        return (folder / "patients.csv").is_file() and all((folder / f"{case}.json").is_file() for case in cases)
+        return (folder / "patients.csv").is_file() and all((folder / f"{c}.json").is_file() for c in self.test_cases)
 
     def run_all(self) -> Path:
         self.timed("phantom", (self.dataset_raw / "dataset.json").is_file(), self.make_phantom)

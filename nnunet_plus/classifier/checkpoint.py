@@ -45,8 +45,8 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "check_compatible", "load_
 
 
 def save_checkpoint(payload: Mapping, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``payload`` to ``path`` through a temp file + rename (:func:`nnunet_plus.files.atomic.atomic_path`:
-    never a half-written file)."""
+    """``torch.save`` ``payload`` to ``path`` through a temp file + rename
+    (:func:`nnunet_plus.files.atomic.atomic_path`: never a half-written file)."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(dict(payload), fh)

@@ -28,8 +28,9 @@ INSTANCES_SUFFIX = "_instances"
 
 
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """A label image as a (Z, Y, X) int array plus its :class:`~nnunet_plus.files.image_io.Geometry`; ValueError naming the file if it is truncated,
-    corrupt (:func:`nnunet_plus.files.image_io.read_image`) or not integer-valued."""
+    """A label image as a (Z, Y, X) int array plus its :class:`~nnunet_plus.files.image_io.Geometry`; ValueError
+    naming the file if it is truncated, corrupt (:func:`nnunet_plus.files.image_io.read_image`) or not
+    integer-valued."""
     path = Path(path)
     image = read_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:

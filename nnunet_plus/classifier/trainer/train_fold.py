@@ -102,7 +102,8 @@ def train_classifier_fold(dataset: str | int, configuration: str, fold: int, *, 
                                             bank_settings=bank_settings, num_processes=num_processes,
                                             overwrite_bank=overwrite_bank, lesion_shuffles=lesion_shuffles,
                                             extra_cases=extra_cases, quiet=quiet)
-    fold_folder = _without_stale_temp_files(bank_dir, bank_dir.parent / f"fold_{fold}")
+    fold_folder = bank_dir.parent / f"fold_{fold}"
+    _remove_stale_temp_files(bank_dir, fold_folder)
     cases = _fold_cases(bank_dir, name, fold, train_command=f"nnUNetv2_train {dataset} {configuration} FOLD "
                                                             f"-tr {trainer} -p {plans}")
     fold_trainer = PLUSClassifierTrainer(bank_dir, fold_folder, fold=fold,
@@ -114,12 +115,10 @@ def train_classifier_fold(dataset: str | int, configuration: str, fold: int, *, 
                               bank_files=tuple(files))
 
 
-def _without_stale_temp_files(bank_dir: Path, fold_folder: Path) -> Path:
-    """Remove what a killed run left half-written in the bank, the fold and its validation folder; returns
-    ``fold_folder``."""
+def _remove_stale_temp_files(bank_dir: Path, fold_folder: Path) -> None:
+    """Remove what a killed run left half-written in the bank, the fold and its validation folder."""
     for folder in (bank_dir, fold_folder, fold_folder / "validation"):
         remove_stale_temp_files(folder)
-    return fold_folder
 
 
 def _fold_cases(bank_dir: Path, name: str, fold: int, *, train_command: str):
