@@ -22,7 +22,6 @@ Image extensions: every format SimpleITK reads, see :data:`IMAGE_EXTENSIONS`. Ar
 """
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 #: Data files of header + data formats (read through their header), skipped during discovery.
 COMPANION_EXTENSIONS: tuple[str, ...] = (".raw", ".zraw", ".img", ".img.gz")
 
-logger = logging.getLogger(__name__)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
