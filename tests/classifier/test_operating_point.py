@@ -137,20 +137,31 @@ def _half_inverted(banks):
     return [oracle[i] if k == 0 else inverted[i] for i, k in enumerate(FOLDS)]
 
 
-def test_a_rule_may_not_lower_a_patient_f1(cls_project, monkeypatch):
-    """The pooled best lesion-F1 rule on the half-inverted tables lowers a patient-level F1, so it is not
-    eligible and the identity is stored; without that guard the same search would have kept it."""
+def test_a_rule_may_not_lower_the_malignant_patient_f1(cls_project, monkeypatch):
+    """The pooled best lesion-F1 rule on the half-inverted tables lowers the F1 of the cyst patients. With cysts
+    as the malignant group it is not eligible and the identity is stored; without the guard the same search
+    would have kept it."""
     from nnunet_plus.classifier import operating_point
 
     banks = _banks(cls_project)
     tables = _half_inverted(banks)
-    guarded = fit_rule(banks, tables, **CLASSES)
+    cyst_malignant = {"malignant_classes": [CYST], "benign_classes": [HCC]}
+    guarded = fit_rule(banks, tables, **cyst_malignant)
     assert guarded.rule.is_identity
     monkeypatch.setattr(operating_point, "GUARDED_SCORES", ())
-    unguarded = fit_rule(banks, tables, **CLASSES)
+    unguarded = fit_rule(banks, tables, **cyst_malignant)
     assert not unguarded.rule.is_identity and unguarded.score > unguarded.identity_score
-    assert any((unguarded.scores[k] or -1) < (unguarded.identity_scores[k] or -1)
-               for k in ("malignant_f1", "benign_f1"))
+    assert (unguarded.scores["malignant_f1"] or -1) < (unguarded.identity_scores["malignant_f1"] or -1)
+
+
+def test_the_benign_patient_f1_is_reported_not_guarded(cls_project):
+    """The same tables with cysts benign: the rule that lowers the benign F1 is kept, and its benign F1 is
+    stored beside nnU-Net alone's."""
+    banks = _banks(cls_project)
+    fitted = fit_rule(banks, _half_inverted(banks), **CLASSES)
+    assert not fitted.rule.is_identity and fitted.score > fitted.identity_score
+    assert (fitted.scores["benign_f1"] or -1) < (fitted.identity_scores["benign_f1"] or -1)
+    assert (fitted.scores["malignant_f1"] or -1) >= (fitted.identity_scores["malignant_f1"] or -1)
 
 
 def test_held_out_check_drops_a_rule_that_hurts_a_held_out_fold(tmp_path, cls_project, monkeypatch):
