@@ -1,6 +1,7 @@
 """One case from softmax to lesions and patient diagnosis, driven by the lesion schema.
 
-multi-sensitivity label maps -> seg2det at the base and the highest sensitivity -> the candidates of the
+multi-sensitivity label maps (liver voxels outside the largest liver region cleared, unless the schema says
+otherwise) -> seg2det at the base and the highest sensitivity -> the candidates of the
 second stage -> at most ``schema.max_suspicious_per_case`` suspicious candidates -> LiverMax on the base label
 map -> patient probabilities and classifyPatient on the base detections (nnU-Net's own segmentation, the
 cascaded paper's "Base" model).
@@ -20,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from nnunet_plus.postprocessing.classify import classify_patient
+from nnunet_plus.postprocessing.liver_component import keep_largest_liver_component
 from nnunet_plus.postprocessing.livermax import liver_max, patient_probabilities
 from nnunet_plus.postprocessing.match import assign_tiers
 from nnunet_plus.postprocessing.multi_sensitivity import is_torch_tensor, multi_sensitivity_labels
@@ -108,6 +110,8 @@ def analyse_case(probabilities, schema: LesionSchema, *, image=None, spacing: Se
     label_maps = multi_sensitivity_labels(probabilities, lesion_labels, schema.sensitivities)
     if is_torch_tensor(label_maps):
         label_maps = label_maps.cpu().numpy()
+    if schema.liver_largest_component:
+        label_maps = keep_largest_liver_component(label_maps, schema.liver_labels, lesion_labels)
     options = dict(priority=schema.priority_labels, probabilities=probabilities, image=image, spacing=spacing,
                    origin=origin, direction=direction, connectivity=connectivity,
                    min_volume_mm3=schema.min_lesion_volume_mm3)

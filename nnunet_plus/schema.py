@@ -10,7 +10,8 @@ The schema lives as a ``"plus"`` block inside nnU-Net's ``dataset.json`` (nnU-Ne
         "priority": ["hcc", "icc", "metastasis", "hemangioma", "cyst"],
         "sensitivities": [1, 4],
         "min_lesion_volume_mm3": 0,
-        "max_suspicious_per_case": 50
+        "max_suspicious_per_case": 50,
+        "liver_largest_component": true
     }
 
 Names refer to keys of the dataset's ``"labels"`` block. nnU-Net requires consecutive integer labels, so a
@@ -74,6 +75,8 @@ class LesionSchema:
     min_lesion_volume_mm3 : detections smaller than this are dropped.
     max_suspicious_per_case : keep at most this many suspicious candidates per case (those found only at a
         higher sensitivity), the most probable first; 0 = keep all. Confident lesions are always kept.
+    liver_largest_component : keep only the largest connected liver region of the predictions (liver voxels
+        elsewhere become background; lesions are not touched; :mod:`nnunet_plus.postprocessing.liver_component`).
     """
 
     labels: Mapping[str, int]
@@ -85,6 +88,7 @@ class LesionSchema:
     sensitivities: tuple[float, ...] = DEFAULT_SENSITIVITIES
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3
     max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS
+    liver_largest_component: bool = True
     dataset_id: str | int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +143,9 @@ class LesionSchema:
                 or self.max_suspicious_per_case < 0:
             raise SchemaError(f"'max_suspicious_per_case' must be an integer >= 0 (0 = no limit), got "
                               f"{self.max_suspicious_per_case!r}; {hint}")
+        if not isinstance(self.liver_largest_component, bool):
+            raise SchemaError(f"'liver_largest_component' must be true or false, got "
+                              f"{self.liver_largest_component!r}; {hint}")
 
     # ---- label-value views (what the array functions take) ----------------------------------------
     @property
@@ -187,6 +194,7 @@ class LesionSchema:
             "sensitivities": [float(f) for f in self.sensitivities],
             "min_lesion_volume_mm3": float(self.min_lesion_volume_mm3),
             "max_suspicious_per_case": int(self.max_suspicious_per_case),
+            "liver_largest_component": self.liver_largest_component,
         }
 
     @classmethod
@@ -219,6 +227,7 @@ class LesionSchema:
             sensitivities=tuple(float(f) for f in block.get("sensitivities", DEFAULT_SENSITIVITIES)),
             min_lesion_volume_mm3=float(block.get("min_lesion_volume_mm3", DEFAULT_MIN_LESION_VOLUME_MM3)),
             max_suspicious_per_case=block.get("max_suspicious_per_case", DEFAULT_MAX_SUSPICIOUS),
+            liver_largest_component=block.get("liver_largest_component", True),
             dataset_id=dataset_id,
         )
 
@@ -229,6 +238,7 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
                  sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
                  min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
                  max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS,
+                 liver_largest_component: bool = True,
                  dataset_id: str | int | None = None) -> LesionSchema:
     """Build a schema, filling defaults from the nine PLUS lesion types.
 
@@ -256,7 +266,8 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
                         benign=tuple(benign), priority=tuple(priority),
                         sensitivities=tuple(float(f) for f in sensitivities),
                         min_lesion_volume_mm3=float(min_lesion_volume_mm3),
-                        max_suspicious_per_case=max_suspicious_per_case, dataset_id=dataset_id)
+                        max_suspicious_per_case=max_suspicious_per_case,
+                        liver_largest_component=liver_largest_component, dataset_id=dataset_id)
 
 
 def read_dataset_json(path: str | os.PathLike) -> dict:

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-suspicious", type=int, default=DEFAULT_MAX_SUSPICIOUS,
                         help="suspicious candidates kept per case, most probable first; 0 = all "
                              f"(default {DEFAULT_MAX_SUSPICIOUS})")
+    parser.add_argument("--keep-all-liver-components", action="store_true",
+                        help="keep every predicted liver region (default: only the largest connected one; liver "
+                             "voxels elsewhere become background, lesions are never removed)")
     args = parser.parse_args(argv)
     try:
         files = [args.dataset_json] if args.dataset_json else dataset_json_paths(args.dataset)
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         block = configure(files, dataset_id=args.dataset, liver=args.liver, lesions=args.lesions,
                           malignant=args.malignant, benign=args.benign, priority=args.priority,
                           sensitivities=args.sensitivities, min_lesion_volume_mm3=args.min_volume_mm3,
-                          max_suspicious_per_case=args.max_suspicious)
+                          max_suspicious_per_case=args.max_suspicious,
+                          liver_largest_component=not args.keep_all_liver_components)
     except (SchemaError, PathError, OSError) as exc:
         print(f"nnunet_plus_configure: error: {exc}", file=sys.stderr)
         return 1

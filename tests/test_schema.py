@@ -38,6 +38,7 @@ def test_defaults_follow_the_plus_lesion_types():
         ({"min_lesion_volume_mm3": -1.0}, "min_lesion_volume_mm3"),
         ({"max_suspicious_per_case": -1}, "max_suspicious_per_case"),
         ({"max_suspicious_per_case": 2.5}, "max_suspicious_per_case"),
+        ({"liver_largest_component": "yes"}, "liver_largest_component"),
     ],
 )
 def test_inconsistent_schema_raises_with_fix_hint(options, message):
@@ -91,14 +92,15 @@ def test_configure_cli_on_a_dataset_json(tmp_path, capsys):
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"labels": LABELS, "file_ending": ".nii.gz"}))
     code = main(["--dataset-json", str(path), "--lesions", "hcc", "hemangioma", "cyst", "--malignant", "hcc",
-                 "--benign", "hemangioma", "cyst", "--sensitivities", "1", "3", "--min-volume-mm3", "5", "--max-suspicious", "7"])
+                 "--benign", "hemangioma", "cyst", "--sensitivities", "1", "3", "--min-volume-mm3", "5", "--max-suspicious", "7",
+                 "--keep-all-liver-components"])
     assert code == 0
     data = json.loads(path.read_text())
     assert data["file_ending"] == ".nii.gz"
     assert data["plus"] == {"liver": ["liver"], "lesions": ["hcc", "hemangioma", "cyst"], "malignant": ["hcc"],
                             "benign": ["hemangioma", "cyst"], "priority": ["hcc", "hemangioma", "cyst"],
                             "sensitivities": [1.0, 3.0], "min_lesion_volume_mm3": 5.0,
-                            "max_suspicious_per_case": 7}
+                            "max_suspicious_per_case": 7, "liver_largest_component": False}
     assert "wrote the 'plus' block" in capsys.readouterr().out
 
 
