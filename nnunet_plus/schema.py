@@ -44,6 +44,8 @@ DEFAULT_SENSITIVITIES: tuple[float, ...] = (1.0, 4.0)
 DEFAULT_MAX_SUSPICIOUS = 50
 #: Default of :attr:`LesionSchema.min_lesion_volume_mm3`: no detection is dropped for its size.
 DEFAULT_MIN_LESION_VOLUME_MM3 = 0.0
+#: Default of :attr:`LesionSchema.liver_largest_component`: keep only the largest connected liver region.
+DEFAULT_LIVER_LARGEST_COMPONENT = True
 #: Default size limit of the evaluation (``nnunet_plus_evaluate --min-volume``, :mod:`nnunet_plus.evaluation`):
 #: reference lesions smaller than this (cm3) are ignored, as the cascaded paper excludes lesions < 0.5 cm3. A
 #: separate quantity from :attr:`LesionSchema.min_lesion_volume_mm3` (which drops small detections, default 0):
@@ -88,7 +90,7 @@ class LesionSchema:
     sensitivities: tuple[float, ...] = DEFAULT_SENSITIVITIES
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3
     max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS
-    liver_largest_component: bool = True
+    liver_largest_component: bool = DEFAULT_LIVER_LARGEST_COMPONENT
     dataset_id: str | int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -227,7 +229,7 @@ class LesionSchema:
             sensitivities=tuple(float(f) for f in block.get("sensitivities", DEFAULT_SENSITIVITIES)),
             min_lesion_volume_mm3=float(block.get("min_lesion_volume_mm3", DEFAULT_MIN_LESION_VOLUME_MM3)),
             max_suspicious_per_case=block.get("max_suspicious_per_case", DEFAULT_MAX_SUSPICIOUS),
-            liver_largest_component=block.get("liver_largest_component", True),
+            liver_largest_component=block.get("liver_largest_component", DEFAULT_LIVER_LARGEST_COMPONENT),
             dataset_id=dataset_id,
         )
 
@@ -238,7 +240,7 @@ def build_schema(labels: Mapping[str, int], *, liver: Sequence[str] = ("liver",)
                  sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
                  min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
                  max_suspicious_per_case: int = DEFAULT_MAX_SUSPICIOUS,
-                 liver_largest_component: bool = True,
+                 liver_largest_component: bool = DEFAULT_LIVER_LARGEST_COMPONENT,
                  dataset_id: str | int | None = None) -> LesionSchema:
     """Build a schema, filling defaults from the nine PLUS lesion types.
 
