@@ -9,7 +9,9 @@ of it, a :class:`DecisionRule` decides:
 * a confident candidate is **rejected** when ``p[not a lesion] > reject_confident``;
 * a kept confident candidate takes the PLUS type ``j`` instead of ``k`` only when PLUS leads by more than
   ``relabel_margin``: ``p[j] - p[k]`` when ``j`` and ``k`` are in the same group, else the group masses'
-  difference ``P(group of j) - P(group of k)``;
+  difference ``P(group of j) - P(group of k)``; and, when ``relabel_pairs`` is given, only when the change
+  ``(k, j)`` is one of them (the changes that beat nnU-Net on validation; see
+  :mod:`nnunet_plus.classifier.operating_point`);
 * a suspicious candidate is **reported** when ``1 - p[not a lesion] > accept_suspicious``, with type ``j``.
 
 The PLUS type ``j`` is decided group first (``groups``: the malignant and the benign class indices; a type in
@@ -18,14 +20,14 @@ Whether a lesion is malignant is the decision the diagnosis rests on, so it is t
 mass: a candidate with hcc 0.19, icc 0.25, metastasis 0.12 (malignant 0.56) and cyst 0.30 is malignant, where
 the plain ``argmax`` would call it a cyst and the patient benign. Without ``groups`` ``j = argmax p[:L]``.
 
-The identity rule (every threshold 1: nothing rejected, relabelled or added) reports exactly nnU-Net's f = 1
-lesions with nnU-Net's classes, whatever the network says. The thresholds are fitted on out-of-fold
+The identity rule (every threshold 1, or no allowed type change: nothing rejected, relabelled or added)
+reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes, whatever the network says. The thresholds are fitted on out-of-fold
 validation by :mod:`nnunet_plus.classifier.operating_point`; :mod:`nnunet_plus.refine` applies them.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -40,23 +42,65 @@ class DecisionRule:
     reject_confident: float = 1.0
     relabel_margin: float = 1.0
     accept_suspicious: float = 1.0
+    #: the allowed type changes, ``((nnU-Net class k, PLUS type j), ...)`` sorted; None: every change allowed
+    relabel_pairs: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for name in ("reject_confident", "relabel_margin", "accept_suspicious"):
+            value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"decision rule: {name} must be a number in [0, 1], got {value!r}")
+        if self.relabel_pairs is not None:
+            try:
+                pairs = tuple(sorted({(int(k), int(j)) for k, j in self.relabel_pairs}))
+            except (TypeError, ValueError):
+                raise ValueError(f"decision rule: relabel_pairs must be pairs of class indices, got "
+                                 f"{self.relabel_pairs!r}") from None
+            if any(k < 0 or j < 0 or k == j for k, j in pairs):
+                raise ValueError(f"decision rule: relabel_pairs must be pairs of two different class indices "
+                                 f">= 0, got {self.relabel_pairs!r}")
+            object.__setattr__(self, "relabel_pairs", pairs)
+
+    @property
+    def relabels(self) -> bool:
+        """True when the rule may change a confident candidate's type."""
+        return self.relabel_margin < 1.0 and self.relabel_pairs != ()
 
     @property
     def is_identity(self) -> bool:
         """True when the rule reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes."""
-        return self.reject_confident >= 1.0 and self.relabel_margin >= 1.0 and self.accept_suspicious >= 1.0
+        return self.reject_confident >= 1.0 and not self.relabels and self.accept_suspicious >= 1.0
 
-    def describe(self) -> str:
+    def to_json(self) -> dict:
+        """The rule as a JSON-ready dict (``relabel_pairs`` as lists; :meth:`from_json` reads it back)."""
+        data = {"reject_confident": self.reject_confident, "relabel_margin": self.relabel_margin,
+                "accept_suspicious": self.accept_suspicious}
+        if self.relabel_pairs is not None:
+            data["relabel_pairs"] = [list(pair) for pair in self.relabel_pairs]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DecisionRule":
+        """The rule of a :meth:`to_json` dict; ValueError / TypeError / KeyError when it is not one."""
+        pairs = data.get("relabel_pairs")
+        return cls(float(data["reject_confident"]), float(data["relabel_margin"]), float(data["accept_suspicious"]),
+                   None if pairs is None else tuple(tuple(pair) for pair in pairs))
+
+    def describe(self, class_names: Sequence[str] | None = None) -> str:
+        """One sentence; ``class_names`` (the lesion types in schema order) name the allowed type changes."""
         if self.is_identity:
             return "identity (nnU-Net alone: every f=1 lesion kept with nnU-Net's class, no suspicious candidate)"
-        return (f"reject a confident candidate when p(not a lesion) > {self.reject_confident:g}; change its type "
-                f"when the PLUS type leads nnU-Net's by > {self.relabel_margin:g}; report a suspicious candidate "
-                f"when p(lesion) > {self.accept_suspicious:g}")
+        if not self.relabels:
+            change = "never change its type"
+        else:
+            change = f"change its type when the PLUS type leads nnU-Net's by > {self.relabel_margin:g}"
+            if self.relabel_pairs is not None:
+                def name(i: int) -> str:
+                    return class_names[i] if class_names is not None and i < len(class_names) else str(i)
+
+                change += " (only " + ", ".join(f"{name(k)} -> {name(j)}" for k, j in self.relabel_pairs) + ")"
+        return (f"reject a confident candidate when p(not a lesion) > {self.reject_confident:g}; {change}; "
+                f"report a suspicious candidate when p(lesion) > {self.accept_suspicious:g}")
 
 
 def _group_of(num_types: int, groups: Sequence[Sequence[int]] | None) -> np.ndarray:
@@ -124,6 +168,12 @@ def apply_rule(rule: DecisionRule, probabilities: np.ndarray, *, tier: np.ndarra
     lead = np.where(group_of[best] == group_of[own], p[rows, best] - p[rows, own],
                     mass[rows, best] - mass[rows, own])
     relabel = (nnunet_class >= not_a_lesion) | (lead > rule.relabel_margin)
+    if rule.relabel_pairs is not None:  # only the allowed changes (k, j); a class-less candidate always takes j
+        allowed = np.zeros((not_a_lesion, not_a_lesion), dtype=bool)
+        for k, j in rule.relabel_pairs:
+            if k < not_a_lesion and j < not_a_lesion:
+                allowed[k, j] = True
+        relabel = (nnunet_class >= not_a_lesion) | (relabel & allowed[own, best])
     confident_class = np.where(relabel, best, nnunet_class)
     reported = np.where(confident, ~(p[:, not_a_lesion] > rule.reject_confident),
                         (1.0 - p[:, not_a_lesion]) > rule.accept_suspicious)

@@ -200,7 +200,7 @@ class CaseRefiner:
             "direction": list(geometry.direction),
             "sensitivities": [float(f) for f in schema.sensitivities],
             "classifier": plus is not None,
-            "operating_point": None if plus is None else self.classifier.rule.describe(),
+            "operating_point": None if plus is None else self.classifier.rule.describe(self.schema.lesions),
             "lesions": reported,
             "rejected": rejected,
             "patient": patient,

@@ -123,7 +123,7 @@ def evaluate_classifier(inference, cases: Sequence[str], *, bank_metadata: Mappi
         summaries[key].pop("per_case")
     meta = {**dict(meta or {}), "n_cases": len(cases), "cases": list(cases), "criterion": criterion,
             "min_volume_cm3": min_volume_cm3, "sensitivities": list(schema.sensitivities),
-            "methods": _methods(inference.rule.describe())}
+            "methods": _methods(inference.rule.describe(schema.lesions))}
     summary = {"meta": meta, NNUNET_KEY: summaries[NNUNET_KEY], PLUS_KEY: summaries[PLUS_KEY],
                "comparison": compare_summaries(summaries[NNUNET_KEY], summaries[PLUS_KEY]), "per_case": per_case}
     _write_outputs(summary, output_folder, plots=plots)

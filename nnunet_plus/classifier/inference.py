@@ -181,7 +181,7 @@ class PLUSInference:
                         channel_names=reference[2], rule=rule, device=device)
         inference.folds = list(folds)
         inference.rule_source = source
-        logger.info("PLUS decision rule from %s: %s", source, rule.describe())
+        logger.info("PLUS decision rule from %s: %s", source, rule.describe(schema.lesions))
         return inference
 
     @torch.no_grad()

@@ -15,6 +15,16 @@ malignant diagnosis. The benign patient F1 is reported, not guarded: with a hand
 the validation cases it moves by one patient's call, and guarding it vetoed rules that raised lesion, malignant
 and benign F1 on the test cases (benchmarks/RESULTS.md, "The patient-level guard").
 
+Type changes must earn their place one by one. nnU-Net's class ``k`` of a candidate and the PLUS type ``j`` are
+each right on some candidates; a rule that changes ``k`` into ``j`` gains only when ``j`` is right more often than
+``k`` on the candidates it changes. Pooling all changes lets a few well-learned ones (on the phantom, "hcc" ->
+"cyst") carry many that are worse than nnU-Net, and those cost lesions and malignant patients on the test cases
+(benchmarks/RESULTS.md, "Type changes one by one"). So for each relabel margin the allowed changes
+(:attr:`DecisionRule.relabel_pairs`) are those ``(k, j)`` whose changed candidates, on the cases the rule is
+fitted on, are of type ``j`` significantly more often than of type ``k``: a one-sided exact sign test (McNemar's
+test on the candidates where the two answers differ and one is right) at :data:`RELABEL_ALPHA`. Candidates of
+neither type (another type, or no lesion) count for neither.
+
 Held-out check (``case_folds``, one fold label per case): with some 20-50 validation patients the best rule on
 all of them is partly fitted to noise, so the search itself must generalise. For each fold ``k`` the rule is
 fitted again (same grid, same bar) on the other folds' cases only and scored on fold ``k``'s; the pooled rule is
@@ -32,16 +42,16 @@ import itertools
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_plus.decision_rule import DecisionRule
+from nnunet_plus.decision_rule import DecisionRule, apply_rule
 
-__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "FittedRule", "fit_rule",
-           "load_rule", "save_rule"]
+__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA", "FittedRule",
+           "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,8 @@ OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
 OBJECTIVES = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1")
 #: scores a rule may not lower on the validation cases, whatever the objective (n/a counts as lowest)
 GUARDED_SCORES = ("malignant_f1",)
+#: significance level of the sign test a type change (nnU-Net class -> PLUS type) must pass (module docstring)
+RELABEL_ALPHA = 0.05
 #: the search grid of each threshold (1.0 = the identity's value)
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "reject_confident": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
@@ -78,6 +90,8 @@ class FittedRule:
     held_out_passed: bool | None = None
     #: the distinct fold labels of ``case_folds`` (empty when none were given)
     held_out_folds: list = field(default_factory=list, compare=False)
+    #: the lesion types in schema order (names the allowed type changes in :meth:`describe`)
+    class_names: tuple = field(default=(), compare=False)
 
     def describe(self) -> str:
         def pct(v):
@@ -89,12 +103,12 @@ class FittedRule:
         per_fold = ", ".join(f"fold {k}: {pct(v['identity'])} -> {pct(v['rule'])}" for k, v in self.held_out.items())
         if self.held_out_passed is False:
             return head + (f"the rule fitted on the other folds did not beat nnU-Net alone on every held-out fold "
-                           f"({per_fold}), so stage two steps aside: " + self.rule.describe())
+                           f"({per_fold}), so stage two steps aside: " + self.rule.describe(self.class_names or None))
         if self.rule.is_identity:
             text = head + ("the classifier does not beat nnU-Net on its own, so stage two steps aside: "
-                           + self.rule.describe())
+                           + self.rule.describe(self.class_names or None))
         else:
-            text = head + self.rule.describe()
+            text = head + self.rule.describe(self.class_names or None)
         if self.held_out_passed:
             text += f"; held-out check passed ({per_fold})"
         elif len(self.held_out_folds) == 1:
@@ -102,7 +116,7 @@ class FittedRule:
         return text
 
     def to_json(self) -> dict:
-        return {"format": OPERATING_POINT_FORMAT, "version": 1, "rule": asdict(self.rule),
+        return {"format": OPERATING_POINT_FORMAT, "version": 1, "rule": self.rule.to_json(),
                 "identity": self.rule.is_identity, "objective": self.objective, "score": self.score,
                 "identity_score": self.identity_score, "network_free_score": self.network_free_score,
                 "n_cases": self.n_cases, "folds": list(self.folds),
@@ -115,11 +129,38 @@ def _value(scores: Mapping, objective: str) -> float:
     return -1.0 if value is None else float(value)
 
 
+def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_margin: float,
+                     malignant_classes: Sequence[int], benign_classes: Sequence[int], alpha: float | None = None
+                     ) -> tuple[tuple[int, int], ...]:
+    """The type changes ``(nnU-Net class k, PLUS type j)`` that pass the sign test on ``banks`` / ``tables``
+    (module docstring): among the confident candidates that ``relabel_margin`` would change from ``k`` to ``j``,
+    ``n_j`` are of type ``j`` (the reference) and ``n_k`` of type ``k``; kept when ``n_j > n_k`` and
+    ``P(X >= n_j) < alpha`` (default :data:`RELABEL_ALPHA`) for ``X ~ Binomial(n_j + n_k, 1/2)``. Sorted; empty
+    when none passes."""
+    from scipy.stats import binomtest
+
+    alpha = RELABEL_ALPHA if alpha is None else alpha
+    rule = DecisionRule(relabel_margin=relabel_margin)
+    counts: dict[tuple[int, int], list[int]] = {}
+    for bank, table in zip(banks, tables):
+        if bank.num_candidates == 0 or not rule.relabels:
+            continue
+        reported, classes = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class,
+                                       groups=(malignant_classes, benign_classes))
+        for i in np.flatnonzero(reported & (classes != bank.base_class) & (bank.base_class < table.shape[1] - 1)):
+            k, j, target = int(bank.base_class[i]), int(classes[i]), int(bank.target[i])
+            tally = counts.setdefault((k, j), [0, 0])
+            tally[0] += target == j
+            tally[1] += target == k
+    return tuple(sorted(pair for pair, (n_j, n_k) in counts.items()
+                        if n_j > n_k and binomtest(n_j, n_j + n_k, 0.5, alternative="greater").pvalue < alpha))
+
+
 def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, grid: Mapping, options: Mapping
             ) -> tuple[DecisionRule, dict, dict, dict]:
     """``(rule, its scores, identity scores, network-free scores)``: the grid rule with the best ``objective``
-    among those that lower no :data:`GUARDED_SCORES`; the identity unless it beats strictly both the identity
-    and nnU-Net's f=4 answer."""
+    among those that lower no :data:`GUARDED_SCORES`, its type changes restricted to :func:`allowed_relabels`
+    on the same cases; the identity unless it beats strictly both the identity and nnU-Net's f=4 answer."""
     from nnunet_plus.classifier.rule_scores import score_cases
 
     identity = DecisionRule()
@@ -130,8 +171,10 @@ def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, gr
     bar = max(_value(identity_scores, objective), _value(network_free, objective))
     best_rule, best_scores = identity, identity_scores
     best_key = (bar, 3.0)
+    groups = {"malignant_classes": options["malignant_classes"], "benign_classes": options["benign_classes"]}
+    pairs = {margin: allowed_relabels(banks, tables, relabel_margin=margin, **groups) for margin in grid["relabel_margin"]}
     for values in itertools.product(grid["reject_confident"], grid["relabel_margin"], grid["accept_suspicious"]):
-        rule = DecisionRule(*values)
+        rule = DecisionRule(*values, relabel_pairs=pairs[values[1]])
         if rule.is_identity:
             continue
         scores = score_cases(banks, tables, rule=rule, **options)
@@ -159,17 +202,18 @@ def _held_out(banks: Sequence, tables: Sequence[np.ndarray], case_folds: Sequenc
         result[str(label)] = {
             "identity": score_cases(fold_banks, fold_tables, rule=DecisionRule(), **options)[objective],
             "rule": score_cases(fold_banks, fold_tables, rule=rule, **options)[objective],
-            "fitted_rule": asdict(rule)}
+            "fitted_rule": rule.to_json()}
     return result
 
 
 def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes: Sequence[int],
              benign_classes: Sequence[int], objective: str = "lesion_f1", min_volume_mm3: float = 0.0,
              grid: Mapping[str, Sequence[float]] | None = None, folds: Sequence = (),
-             case_folds: Sequence | None = None) -> FittedRule:
+             case_folds: Sequence | None = None, class_names: Sequence[str] = ()) -> FittedRule:
     """The grid rule with the best ``objective`` on ``banks`` (candidate-bank cases) and their PLUS
     probability ``tables`` ((N_i, L + 1) each); the identity unless some rule beats it strictly and, given
-    ``case_folds`` (one fold label per case) of 2 or more folds, passes the held-out check (module docstring)."""
+    ``case_folds`` (one fold label per case) of 2 or more folds, passes the held-out check (module docstring).
+    ``class_names`` (the lesion types in schema order) only name the allowed type changes in the description."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if len(banks) != len(tables):
@@ -200,7 +244,8 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
                       identity_score=identity_scores[objective], network_free_score=network_free[objective],
                       n_cases=len(banks), folds=list(folds),
                       scores={k: best_scores[k] for k in keep}, identity_scores={k: identity_scores[k] for k in keep},
-                      held_out=held_out, held_out_passed=passed, held_out_folds=[str(k) for k in labels])
+                      held_out=held_out, held_out_passed=passed, held_out_folds=[str(k) for k in labels],
+                      class_names=tuple(class_names))
 
 
 def save_rule(fitted: FittedRule, path: str | os.PathLike) -> Path:
@@ -219,7 +264,7 @@ def load_rule(path: str | os.PathLike) -> DecisionRule:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != OPERATING_POINT_FORMAT:
             raise ValueError("not an nnunet_plus operating point")
-        return DecisionRule(**{k: float(v) for k, v in dict(data["rule"]).items()})
+        return DecisionRule.from_json(dict(data["rule"]))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: cannot read the operating point ({error}); delete it and rerun "
                          "nnunet_plus_train_classifier to fit it again") from None

@@ -130,8 +130,17 @@ def test_held_out_check_keeps_a_rule_that_generalises_across_folds(tmp_path, cls
     assert load_rule(tmp_path / "operating_point.json") == fitted.rule
 
 
+def _every_change(*args, **kwargs):
+    """Stands in for allowed_relabels: every type change allowed (the rules of the grid before the sign test)."""
+    return None
+
+
 def _half_inverted(banks):
-    """Informative on fold 0, inverted on fold 1 (true lesions called "not a lesion", false ones lesions)."""
+    """Informative on fold 0, inverted on fold 1 (true lesions called "not a lesion", false ones lesions).
+
+    The fixture's type changes (one right, one on a false candidate) can never pass the sign test of
+    allowed_relabels, which needs five; the tests of the other guards on these tables switch it off
+    (:func:`_every_change`)."""
     oracle = _oracle(banks)
     inverted = [np.eye(3)[np.where(b.target == NOT, HCC, NOT)] * 0.9 + 0.1 / 3 for b in banks]
     return [oracle[i] if k == 0 else inverted[i] for i, k in enumerate(FOLDS)]
@@ -143,6 +152,7 @@ def test_a_rule_may_not_lower_the_malignant_patient_f1(cls_project, monkeypatch)
     would have kept it."""
     from nnunet_plus.classifier import operating_point
 
+    monkeypatch.setattr(operating_point, "allowed_relabels", _every_change)  # see _half_inverted
     banks = _banks(cls_project)
     tables = _half_inverted(banks)
     cyst_malignant = {"malignant_classes": [CYST], "benign_classes": [HCC]}
@@ -154,9 +164,12 @@ def test_a_rule_may_not_lower_the_malignant_patient_f1(cls_project, monkeypatch)
     assert (unguarded.scores["malignant_f1"] or -1) < (unguarded.identity_scores["malignant_f1"] or -1)
 
 
-def test_the_benign_patient_f1_is_reported_not_guarded(cls_project):
+def test_the_benign_patient_f1_is_reported_not_guarded(cls_project, monkeypatch):
     """The same tables with cysts benign: the rule that lowers the benign F1 is kept, and its benign F1 is
     stored beside nnU-Net alone's."""
+    from nnunet_plus.classifier import operating_point
+
+    monkeypatch.setattr(operating_point, "allowed_relabels", _every_change)  # see _half_inverted
     banks = _banks(cls_project)
     fitted = fit_rule(banks, _half_inverted(banks), **CLASSES)
     assert not fitted.rule.is_identity and fitted.score > fitted.identity_score
@@ -171,6 +184,7 @@ def test_held_out_check_drops_a_rule_that_hurts_a_held_out_fold(tmp_path, cls_pr
     from nnunet_plus.classifier import operating_point
 
     monkeypatch.setattr(operating_point, "GUARDED_SCORES", ())
+    monkeypatch.setattr(operating_point, "allowed_relabels", _every_change)  # see _half_inverted
     banks = _banks(cls_project)
     tables = _half_inverted(banks)
     pooled = fit_rule(banks, tables, **CLASSES)
@@ -231,3 +245,62 @@ def test_type_is_decided_group_first():
     # a suspicious candidate takes the group-first type
     reported, classes = apply_rule(rule, table[:1], tier=[1], nnunet_class=[4], groups=groups)
     assert reported.tolist() == [True] and classes.tolist() == [1]
+
+
+def test_a_rule_changes_only_the_allowed_types():
+    """relabel_pairs: hcc -> cyst is allowed, cyst -> hcc is not; a rule allowing no change and adding nothing is
+    the identity."""
+    table = np.array([[0.1, 0.8, 0.1],   # confident hcc, PLUS cyst: allowed
+                      [0.8, 0.1, 0.1]])  # confident cyst, PLUS hcc: not allowed
+    rule = DecisionRule(relabel_margin=0.0, relabel_pairs=[(HCC, CYST)])
+    reported, classes = apply_rule(rule, table, tier=[0, 0], nnunet_class=[HCC, CYST])
+    assert reported.tolist() == [True, True] and classes.tolist() == [CYST, CYST]
+    assert DecisionRule(relabel_margin=0.0).relabels
+    assert apply_rule(DecisionRule(relabel_margin=0.0), table, tier=[0, 0], nnunet_class=[HCC, CYST])[1].tolist() \
+        == [CYST, HCC]
+    assert DecisionRule(relabel_margin=0.0, relabel_pairs=()).is_identity
+    assert "only hcc -> cyst" in rule.describe(["hcc", "cyst"])
+    assert DecisionRule.from_json(rule.to_json()) == rule and rule.relabel_pairs == ((HCC, CYST),)
+    with pytest.raises(ValueError, match="relabel_pairs"):
+        DecisionRule(relabel_pairs=[(HCC, HCC)])
+
+
+def _relabel_bank(base_class, target):
+    """The fields allowed_relabels reads, for confident candidates."""
+    from types import SimpleNamespace
+
+    base_class = np.asarray(base_class)
+    return SimpleNamespace(num_candidates=len(base_class), tier=np.zeros(len(base_class), dtype=np.int64),
+                           base_class=base_class, target=np.asarray(target))
+
+
+def test_a_type_change_must_beat_nnunet_by_a_sign_test():
+    """hcc -> cyst is right 6 times, never wrong (p = 1/64): allowed. cyst -> hcc is right 4 times, wrong 2
+    (p = 0.34): refused. Candidates of neither type (false candidates) count for neither."""
+    from nnunet_plus.classifier.operating_point import allowed_relabels
+
+    to_cyst, to_hcc = [0.1, 0.8, 0.1], [0.8, 0.1, 0.1]
+    banks = [_relabel_bank([HCC] * 6 + [HCC] * 3, [CYST] * 6 + [NOT] * 3),
+             _relabel_bank([CYST] * 6, [HCC] * 4 + [CYST] * 2)]
+    tables = [np.array([to_cyst] * 9), np.array([to_hcc] * 6)]
+    assert allowed_relabels(banks, tables, relabel_margin=0.0, **CLASSES) == ((HCC, CYST),)
+    # five right of five still passes at 0.05 (p = 1/32), four of four does not (p = 1/16)
+    five = [_relabel_bank([HCC] * 5, [CYST] * 5)]
+    assert allowed_relabels(five, [np.array([to_cyst] * 5)], relabel_margin=0.0, **CLASSES) == ((HCC, CYST),)
+    four = [_relabel_bank([HCC] * 4, [CYST] * 4)]
+    assert allowed_relabels(four, [np.array([to_cyst] * 4)], relabel_margin=0.0, **CLASSES) == ()
+    # a margin the PLUS lead does not pass changes nothing, so nothing is allowed
+    assert allowed_relabels(banks, tables, relabel_margin=0.8, **CLASSES) == ()
+
+
+def test_the_fitted_rule_stores_its_allowed_type_changes(tmp_path, cls_project):
+    """The pooled rule's type changes are those allowed_relabels finds on the same cases for its margin, and
+    they survive the JSON round trip."""
+    from nnunet_plus.classifier.operating_point import allowed_relabels
+
+    banks = _banks(cls_project)
+    oracle = _oracle(banks)
+    fitted = fit_rule(banks, oracle, class_names=["hcc", "cyst"], **CLASSES)
+    assert fitted.rule.relabel_pairs == allowed_relabels(banks, oracle, relabel_margin=fitted.rule.relabel_margin,
+                                                         **CLASSES)
+    assert load_rule(save_rule(fitted, tmp_path / "operating_point.json")) == fitted.rule

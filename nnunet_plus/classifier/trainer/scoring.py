@@ -110,7 +110,8 @@ def fit_operating_points(trainer: PLUSClassifierTrainer) -> tuple[FittedRule, Fi
     validation.mkdir(parents=True, exist_ok=True)
     save_candidate_tables(validation / CANDIDATE_TABLES_FILE, trainer.val_cases, tables)
     options = dict(malignant_classes=trainer.malignant_classes, benign_classes=trainer.benign_classes,
-                   objective=trainer.settings.objective, min_volume_mm3=trainer.schema.min_lesion_volume_mm3)
+                   objective=trainer.settings.objective, min_volume_mm3=trainer.schema.min_lesion_volume_mm3,
+                   class_names=trainer.schema.lesions)
     fitted = fit_rule(banks, tables, folds=[trainer.fold], **options)
     save_rule(fitted, trainer.output_folder / OPERATING_POINT_FILE)
     trainer.log(f"fold {trainer.fold} " + fitted.describe())
