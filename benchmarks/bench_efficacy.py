@@ -124,16 +124,10 @@ def plus_notes(demo) -> list[str]:
     if not path.is_file():
         return ["PLUS: no operating_point.json in the classifier folder"]
     data = json.loads(path.read_text())
-    rule = data.get("rule") or {}
-    if data.get("identity"):
-        return ["PLUS operating point: identity (no rule beat nnU-Net alone on the out-of-fold cases: PLUS steps "
-                "aside, + PLUS = nnU-Net alone)"]
-    return ["PLUS operating point: " + ", ".join(f"{k} {v:g}" for k, v in rule.items())
-            + f" (out-of-fold {data.get('objective')}: nnU-Net alone {_pct(data.get('identity_score'))}, "
-              f"with the rule {_pct(data.get('score'))})"]
+    aside = " (+ PLUS = nnU-Net alone)" if data.get("identity") else ""
+    return [f"PLUS operating point: {data.get('description')}{aside}"]
 
 
-# ---- stage 2: the peer ------------------------------------------------------------------------------------------
 def _schema_and_classes(meta: dict):
     from nnunet_plus.schema import SCHEMA_KEY, LesionSchema
 
@@ -252,7 +246,8 @@ def run_peer_arm(demo, baseline: dict, notes: list[str], *, quiet: bool) -> dict
     if not banks or not any(b.num_candidates for b in banks.values()):
         notes.append("GBM peer: the candidate bank holds no candidate; the peer is nnU-Net alone")
         return dict(nnunet)
-    result = run_peer(banks, meta, splits, test_banks, malignant_classes=malignant, benign_classes=benign)
+    result = run_peer(banks, meta, splits, test_banks, malignant_classes=malignant, benign_classes=benign,
+                      class_names=schema.lesions)
     rule = result.fitted.rule
     peer = bank_arm_metrics(test_banks, result.tables, rule, schema, malignant, benign)
     notes.append(f"GBM peer ({result.n_train_candidates} bank candidates, {result.oof_cases} out-of-fold cases): "

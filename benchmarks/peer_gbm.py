@@ -145,9 +145,11 @@ class PeerResult:
 
 
 def run_peer(banks: dict, bank_meta: dict, splits: Sequence, test_banks: Sequence, *, malignant_classes: Sequence[int],
-             benign_classes: Sequence[int], objective: str = "lesion_f1") -> PeerResult:
+             benign_classes: Sequence[int], objective: str = "lesion_f1", class_names: Sequence[str] = ()
+             ) -> PeerResult:
     """Cross-fit on ``banks`` (case id -> CaseBank, shuffled copies included) along ``splits`` (nnU-Net's),
-    fit the decision rule on the out-of-fold tables, and predict ``test_banks`` with a model trained on all."""
+    fit the decision rule on the out-of-fold tables, and predict ``test_banks`` with a model trained on all.
+    ``class_names`` (the lesion types) only name the rule's type changes in its description."""
     from nnunet_plus.classifier.operating_point import fit_rule
     from nnunet_plus.classifier.splits import check_bank_for_fold
 
@@ -162,7 +164,8 @@ def run_peer(banks: dict, bank_meta: dict, splits: Sequence, test_banks: Sequenc
         oof_tables += fit_predict(train, val, n_outputs, features)
         case_folds += [fold] * len(val)
     fitted = fit_rule(oof_banks, oof_tables, malignant_classes=malignant_classes, benign_classes=benign_classes,
-                      objective=objective, folds=list(range(len(splits))), case_folds=case_folds)
+                      objective=objective, folds=list(range(len(splits))), case_folds=case_folds,
+                      class_names=class_names)
     all_banks = list(banks.values())
     tables = fit_predict(all_banks, test_banks, n_outputs, features)
     return PeerResult(tables=tables, fitted=fitted, n_train_candidates=sum(b.num_candidates for b in all_banks),
