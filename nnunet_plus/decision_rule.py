@@ -21,8 +21,9 @@ mass: a candidate with hcc 0.19, icc 0.25, metastasis 0.12 (malignant 0.56) and 
 the plain ``argmax`` would call it a cyst and the patient benign. Without ``groups`` ``j = argmax p[:L]``.
 
 The identity rule (every threshold 1, or no allowed type change: nothing rejected, relabelled or added)
-reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes, whatever the network says. The thresholds are fitted on out-of-fold
-validation by :mod:`nnunet_plus.classifier.operating_point`; :mod:`nnunet_plus.refine` applies them.
+reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes, whatever the network says. The thresholds are
+fitted on out-of-fold validation by :mod:`nnunet_plus.classifier.operating_point`; :mod:`nnunet_plus.refine`
+applies them.
 """
 from __future__ import annotations
 

@@ -172,7 +172,8 @@ def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, gr
     best_rule, best_scores = identity, identity_scores
     best_key = (bar, 3.0)
     groups = {"malignant_classes": options["malignant_classes"], "benign_classes": options["benign_classes"]}
-    pairs = {margin: allowed_relabels(banks, tables, relabel_margin=margin, **groups) for margin in grid["relabel_margin"]}
+    pairs = {margin: allowed_relabels(banks, tables, relabel_margin=margin, **groups)
+             for margin in grid["relabel_margin"]}
     for values in itertools.product(grid["reject_confident"], grid["relabel_margin"], grid["accept_suspicious"]):
         rule = DecisionRule(*values, relabel_pairs=pairs[values[1]])
         if rule.is_identity:
