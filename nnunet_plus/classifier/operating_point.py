@@ -100,15 +100,16 @@ class FittedRule:
         head = (f"operating point on {self.n_cases} validation cases (objective {self.objective}: nnU-Net alone "
                 f"{pct(self.identity_score)}, nnU-Net's f=4 answer {pct(self.network_free_score)}, best rule with "
                 f"the classifier {pct(self.score)}): ")
+        rule_text = self.rule.describe(self.class_names or None)
         per_fold = ", ".join(f"fold {k}: {pct(v['identity'])} -> {pct(v['rule'])}" for k, v in self.held_out.items())
         if self.held_out_passed is False:
             return head + (f"the rule fitted on the other folds did not beat nnU-Net alone on every held-out fold "
-                           f"({per_fold}), so stage two steps aside: " + self.rule.describe(self.class_names or None))
+                           f"({per_fold}), so stage two steps aside: " + rule_text)
         if self.rule.is_identity:
             text = head + ("the classifier does not beat nnU-Net on its own, so stage two steps aside: "
-                           + self.rule.describe(self.class_names or None))
+                           + rule_text)
         else:
-            text = head + self.rule.describe(self.class_names or None)
+            text = head + rule_text
         if self.held_out_passed:
             text += f"; held-out check passed ({per_fold})"
         elif len(self.held_out_folds) == 1:
@@ -141,9 +142,11 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
 
     alpha = RELABEL_ALPHA if alpha is None else alpha
     rule = DecisionRule(relabel_margin=relabel_margin)
+    if not rule.relabels:
+        return ()
     counts: dict[tuple[int, int], list[int]] = {}
     for bank, table in zip(banks, tables):
-        if bank.num_candidates == 0 or not rule.relabels:
+        if bank.num_candidates == 0:
             continue
         reported, classes = apply_rule(rule, table, tier=bank.tier, nnunet_class=bank.base_class,
                                        groups=(malignant_classes, benign_classes))
