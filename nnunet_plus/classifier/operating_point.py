@@ -21,9 +21,13 @@ each right on some candidates; a rule that changes ``k`` into ``j`` gains only w
 "cyst") carry many that are worse than nnU-Net, and those cost lesions and malignant patients on the test cases
 (benchmarks/RESULTS.md, "Type changes one by one"). So for each relabel margin the allowed changes
 (:attr:`DecisionRule.relabel_pairs`) are those ``(k, j)`` whose changed candidates, on the cases the rule is
-fitted on, are of type ``j`` significantly more often than of type ``k``: a one-sided exact sign test (McNemar's
-test on the candidates where the two answers differ and one is right) at :data:`RELABEL_ALPHA`. Candidates of
-neither type (another type, or no lesion) count for neither.
+fitted on, are of type ``j`` significantly more often than they are right as nnU-Net called them: a one-sided
+exact sign test (McNemar's test on the candidates where the two answers differ and one is right) at
+:data:`RELABEL_ALPHA`. nnU-Net's answer is right when the candidate is of type ``k``, and, for a change that
+crosses between the malignant and the benign group, when it is of any type of ``k``'s group: such a change
+also turns the malignant / benign call the diagnosis rests on, so an "hcc" called "icc" by nnU-Net and "cyst"
+by PLUS counts against "icc" -> "cyst" (a malignant lesion made benign). Candidates right under neither answer
+(another type, or no lesion) count for neither.
 
 Held-out check (``case_folds``, one fold label per case): with some 20-50 validation patients the best rule on
 all of them is partly fitted to noise, so the search itself must generalise. For each fold ``k`` the rule is
@@ -135,7 +139,8 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
                      ) -> tuple[tuple[int, int], ...]:
     """The type changes ``(nnU-Net class k, PLUS type j)`` that pass the sign test on ``banks`` / ``tables``
     (module docstring): among the confident candidates that ``relabel_margin`` would change from ``k`` to ``j``,
-    ``n_j`` are of type ``j`` (the reference) and ``n_k`` of type ``k``; kept when ``n_j > n_k`` and
+    ``n_j`` are of type ``j`` (the reference) and ``n_k`` are right as nnU-Net called them (of type ``k``; of any
+    type of ``k``'s group when ``k`` and ``j`` are one malignant and one benign type); kept when ``n_j > n_k`` and
     ``P(X >= n_j) < alpha`` (default :data:`RELABEL_ALPHA`) for ``X ~ Binomial(n_j + n_k, 1/2)``. Sorted; empty
     when none passes."""
     from scipy.stats import binomtest
@@ -144,6 +149,15 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
     rule = DecisionRule(relabel_margin=relabel_margin)
     if not rule.relabels:
         return ()
+    malignant, benign = {int(c) for c in malignant_classes}, {int(c) for c in benign_classes}
+
+    def right_as_called(k: int, j: int) -> set[int]:
+        """The reference types under which nnU-Net's class ``k`` is the right answer against the change to ``j``."""
+        for group, other in ((malignant, benign), (benign, malignant)):
+            if k in group and j in other:
+                return group
+        return {k}
+
     counts: dict[tuple[int, int], list[int]] = {}
     for bank, table in zip(banks, tables):
         if bank.num_candidates == 0:
@@ -154,7 +168,7 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
             k, j, target = int(bank.base_class[i]), int(classes[i]), int(bank.target[i])
             tally = counts.setdefault((k, j), [0, 0])
             tally[0] += target == j
-            tally[1] += target == k
+            tally[1] += target in right_as_called(k, j)
     return tuple(sorted(pair for pair, (n_j, n_k) in counts.items()
                         if n_j > n_k and binomtest(n_j, n_j + n_k, 0.5, alternative="greater").pvalue < alpha))
 

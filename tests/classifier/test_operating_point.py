@@ -293,6 +293,24 @@ def test_a_type_change_must_beat_nnunet_by_a_sign_test():
     assert allowed_relabels(banks, tables, relabel_margin=0.8, **CLASSES) == ()
 
 
+def test_a_change_from_malignant_to_benign_counts_every_malignant_lesion_against_it():
+    """icc -> cyst turns the malignant call: the 6 cysts it gets right weigh against the 2 hcc it makes benign
+    (nnU-Net's "icc" was right about malignancy; p = 37/256): refused. The same 2 + 6 candidates under icc ->
+    hcc, a change inside the malignant group: the cysts count for neither side, 6 of 6 right: allowed."""
+    from nnunet_plus.classifier.operating_point import allowed_relabels
+
+    hcc, icc, cyst, not_a_lesion = 0, 1, 2, 3
+    groups = {"malignant_classes": [hcc, icc], "benign_classes": [cyst]}
+    to_cyst, to_hcc = [0.05, 0.15, 0.7, 0.1], [0.7, 0.15, 0.05, 0.1]
+    bank = _relabel_bank([icc] * 9, [cyst] * 6 + [hcc] * 2 + [not_a_lesion])
+    assert allowed_relabels([bank], [np.array([to_cyst] * 9)], relabel_margin=0.0, **groups) == ()
+    # without the two hcc the change passes (6 of 6, p = 1/64)
+    no_hcc = _relabel_bank([icc] * 7, [cyst] * 6 + [not_a_lesion])
+    assert allowed_relabels([no_hcc], [np.array([to_cyst] * 7)], relabel_margin=0.0, **groups) == ((icc, cyst),)
+    inside = _relabel_bank([icc] * 8, [hcc] * 6 + [cyst] * 2)
+    assert allowed_relabels([inside], [np.array([to_hcc] * 8)], relabel_margin=0.0, **groups) == ((icc, hcc),)
+
+
 def test_the_fitted_rule_stores_its_allowed_type_changes(tmp_path, cls_project):
     """The pooled rule's type changes are those allowed_relabels finds on the same cases for its margin, and
     they survive the JSON round trip."""
