@@ -230,18 +230,36 @@ def paint_ducts(canvas: Canvas, grid: Grid, liver: Liver, lesion: Lesion, hilum:
     return n
 
 
-#: Lowest HU a soft-tissue lesion is given when its contrast is amplified (``conspicuity`` > 1).
-AMPLIFIED_FLOOR_HU = -20.0
+#: The HU an amplified hypodense lesion approaches, never reaches (``conspicuity`` > 1, :func:`amplified_hu`).
+AMPLIFIED_FLOOR_HU = -50.0
+
+
+def amplified_hu(value: np.ndarray, liver_hu: float, conspicuity: float) -> np.ndarray:
+    """Lesion HU ``value`` with its contrast against the parenchyma ``liver_hu`` multiplied by ``conspicuity``.
+
+    A hyperdense contrast is multiplied as is. A hypodense one is multiplied, then bent smoothly towards
+    :data:`AMPLIFIED_FLOOR_HU` (``liver + s * (exp(c * (value - liver) / s) - 1)``, ``s = liver - floor``): slope
+    ``c`` near the liver's HU, strictly increasing, always above the floor. A hard floor (``max(.., floor)``)
+    flattened every hypodense type to the same HU at conspicuity 5 (cyst, HCC, ICC and metastasis medians
+    between -18 and -1 HU), erasing the intensity order (cyst darkest) the types are told apart by; the bend keeps
+    it: at conspicuity 5 in a 60 HU liver a 7 HU cyst becomes -40 HU and a 39 HU HCC -8 HU (the floor is below
+    the -20 HU of that hard floor, and above fat, for that reason).
+    """
+    value = np.asarray(value, dtype=np.float32)
+    contrast = np.float32(conspicuity) * (value - np.float32(liver_hu))
+    span = np.float32(max(liver_hu - AMPLIFIED_FLOOR_HU, 1.0))
+    bent = span * np.expm1(np.minimum(contrast, 0.0) / span)
+    return (np.float32(liver_hu) + np.where(contrast >= 0.0, contrast, bent)).astype(np.float32)
 
 
 def paint_lesion(canvas: Canvas, lesion: Lesion, *, liver_hu: float, conspicuity: float = 1.0) -> None:
     """Blend a rendered lesion into the image (owner ``lesion_<type>``).
 
     ``conspicuity`` multiplies the lesion's contrast against the mean parenchyma ``liver_hu`` (HU) for every
-    type but calcification (already conspicuous); 1 keeps the NCCT appearance of the module docstring.
+    type but calcification (already conspicuous; :func:`amplified_hu`); 1 keeps the NCCT appearance of the module
+    docstring.
     """
     value = lesion.value
     if conspicuity != 1.0 and lesion.kind != "calcification":
-        value = np.maximum(liver_hu + np.float32(conspicuity) * (value - np.float32(liver_hu)),
-                           np.float32(AMPLIFIED_FLOOR_HU))
+        value = amplified_hu(value, liver_hu, conspicuity)
     canvas.paint(f"lesion_{lesion.kind}", lesion.occ, value, lesion.box)

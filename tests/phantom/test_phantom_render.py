@@ -8,7 +8,7 @@ from scipy import ndimage
 from nnunet_plus.phantom.case import render_case
 from nnunet_plus.phantom.cohort import plan_cohort
 from nnunet_plus.phantom.dataset import DEFAULT_SHAPE, DEFAULT_SPACING, default_origin, phantom_labels
-from nnunet_plus.phantom.lesions import LESION_TYPES, min_diameter_mm
+from nnunet_plus.phantom.lesions import AMPLIFIED_FLOOR_HU, LESION_TYPES, min_diameter_mm
 
 LABELS = phantom_labels()
 NAME_OF = {v: k for k, v in LABELS.items()}
@@ -207,5 +207,24 @@ def test_conspicuity_amplifies_contrast_and_lowers_noise_only(cases):
     assert bright_noise == pytest.approx(noise / 3.0, abs=0.06)
     outside = case.label == 0
     assert np.abs(bright.image[outside].astype(float) - case.image[outside]).mean() < noise  # body unchanged but noise
-    for les in bright.record["lesions"]:                       # amplified lesions stay above the -20 HU floor
-        assert bright.image[bright.label == les["label"]].astype(float).mean() >= -20 - bright_noise
+    for les in bright.record["lesions"]:                       # amplified lesions stay above the floor
+        assert bright.image[bright.label == les["label"]].astype(float).mean() >= AMPLIFIED_FLOOR_HU - bright_noise
+
+
+@pytest.mark.parametrize("liver_hu", [12.0, 25.0, 54.0, 64.0])  # fatty, cirrhotic and normal parenchyma
+def test_amplified_lesions_keep_their_intensity_order(liver_hu):
+    """At the demo's conspicuity 5 the cyst (2-12 HU) stays darker than the HCC / hemangioma (33-45 HU) and every
+    amplified hypodense value stays above the floor, strictly increasing with the original HU (a hard floor made
+    them all -20 HU); near the liver's HU the contrast is multiplied by the full conspicuity."""
+    from nnunet_plus.phantom.lesions import amplified_hu
+
+    hu = np.linspace(-5.0, 80.0, 200, dtype=np.float32)
+    bright = amplified_hu(hu, liver_hu, 5.0)
+    assert np.all(np.diff(bright) > 0) and np.all(bright > AMPLIFIED_FLOOR_HU)
+    hypodense = hu < liver_hu
+    assert np.all(np.abs(bright[hypodense] - liver_hu) <= 5.0 * np.abs(hu[hypodense] - liver_hu) + 1e-3)
+    assert np.allclose(bright[~hypodense], liver_hu + 5.0 * (hu[~hypodense] - liver_hu), atol=1e-3)
+    near = np.float32(liver_hu - 1.0)
+    assert amplified_hu(near, liver_hu, 5.0) == pytest.approx(liver_hu - 5.0, abs=0.5)
+    cyst, hcc = amplified_hu(np.float32(12.0), liver_hu, 5.0), amplified_hu(np.float32(33.0), liver_hu, 5.0)
+    assert hcc - cyst > 10.0  # far more than the amplified noise (~2-3 HU)
