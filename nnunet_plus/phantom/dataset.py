@@ -293,13 +293,19 @@ def _generate(specs: list[CaseSpec], shape, spacing, origin, labels, conspicuity
         return list(tqdm(pool.imap(_write_case, jobs), **progress))
 
 
+#: dataset.json "release" of the generated phantoms; 1.1: amplified hypodense lesions bend towards -50 HU
+#: (:func:`~nnunet_plus.phantom.lesions.amplified_hu`) instead of being cut at -20 HU, so images at conspicuity
+#: > 1 differ from 1.0
+PHANTOM_RELEASE = "1.1"
+
+
 def _write_metadata(folder: Path, name: str, labels: dict, records: list[dict], settings: dict) -> None:
     schema = build_schema(labels)
     dataset_json = {
         "name": name,
         "description": "Synthetic non-contrast liver CT phantoms (nnunet_plus.phantom): liver, lesion types "
                        "with NCCT appearance, liver conditions (normal, fatty, cirrhotic) and context rule.",
-        "reference": "nnunet_plus", "licence": "CC0", "release": "1.0",
+        "reference": "nnunet_plus", "licence": "CC0", "release": PHANTOM_RELEASE,
         "channel_names": {"0": "CT"},
         "labels": labels,
         "numTraining": sum(r["split"] == "train" for r in records),

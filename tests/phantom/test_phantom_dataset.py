@@ -247,4 +247,6 @@ def test_conspicuity_recorded(tmp_path):
                                   **SMALL)
     cases = json.loads((folder / "cases.json").read_text())
     assert cases["generator"]["conspicuity"] == 2.0
-    assert json.loads((folder / "dataset.json").read_text())["phantom"]["conspicuity"] == 2.0
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    assert dataset_json["phantom"]["conspicuity"] == 2.0
+    assert dataset_json["release"] == "1.1"  # the release whose amplified lesions keep their intensity order
