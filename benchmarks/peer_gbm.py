@@ -20,7 +20,8 @@ Procedure (:func:`run_peer`): cross-fit on the bank along nnU-Net's split (the m
 k's training cases, lesion-shuffled copies included, and predicts fold k's validation cases), giving
 out-of-fold probability tables ``(N_i, L + 1)``; the decision rule is fitted on them with
 :func:`~nnunet_plus.classifier.operating_point.fit_rule` (the identity unless a rule strictly beats nnU-Net
-alone and passes the held-out check across the folds, the PLUS classifier's guard); then a model trained on every bank case is applied with that rule to the test cases.
+alone without worsening a guarded score, the PLUS classifier's guard); then a model trained on every bank case is
+applied with that rule to the test cases.
 """
 from __future__ import annotations
 
@@ -155,17 +156,15 @@ def run_peer(banks: dict, bank_meta: dict, splits: Sequence, test_banks: Sequenc
 
     n_outputs = int(bank_meta["num_lesion_classes"]) + 1
     features: dict = {}
-    oof_banks, oof_tables, case_folds = [], [], []
+    oof_banks, oof_tables = [], []
     for fold in range(len(splits)):
         cases = check_bank_for_fold(bank_meta.get("cases") or {}, splits, fold)
         train = [banks[c] for c in cases.train if c in banks]
         val = [banks[c] for c in cases.val if c in banks]
         oof_banks += val
         oof_tables += fit_predict(train, val, n_outputs, features)
-        case_folds += [fold] * len(val)
     fitted = fit_rule(oof_banks, oof_tables, malignant_classes=malignant_classes, benign_classes=benign_classes,
-                      objective=objective, folds=list(range(len(splits))), case_folds=case_folds,
-                      class_names=class_names)
+                      objective=objective, folds=list(range(len(splits))), class_names=class_names)
     all_banks = list(banks.values())
     tables = fit_predict(all_banks, test_banks, n_outputs, features)
     return PeerResult(tables=tables, fitted=fitted, n_train_candidates=sum(b.num_candidates for b in all_banks),

@@ -59,7 +59,8 @@ def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], 
     (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the summed counts), ``malignant`` / ``benign``
     (:func:`~nnunet_plus.evaluation.metrics.binary_metrics` of the patient labels), and the scalars ``lesion_f1``,
     ``malignant_f1``, ``benign_f1``, ``patient_f1`` (mean of the two patient F1 that are defined; None when
-    neither is).
+    neither is), ``malignant_recall`` (malignant patients called malignant; None without malignant patients) and
+    ``false_positives`` (reported candidates that match no reference lesion: a count).
     """
     if len(banks) != len(probabilities):
         raise ValueError(f"{len(banks)} cases but {len(probabilities)} probability tables")
@@ -80,7 +81,8 @@ def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], 
     patient = {k: binary_metrics(truth[k], predicted[k]) for k in ("malignant", "benign")}
     return {"lesion": lesion, **patient, "lesion_f1": lesion["f1"], "malignant_f1": patient["malignant"]["f1"],
             "benign_f1": patient["benign"]["f1"],
-            "patient_f1": mean_or_none([patient["malignant"]["f1"], patient["benign"]["f1"]])}
+            "patient_f1": mean_or_none([patient["malignant"]["f1"], patient["benign"]["f1"]]),
+            "malignant_recall": patient["malignant"]["recall"], "false_positives": int(totals["fp"])}
 
 
 def nnunet_lesion_metrics(banks: Sequence[CaseBank]) -> dict:

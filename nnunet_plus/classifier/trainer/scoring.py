@@ -6,8 +6,7 @@ end, and the final end-to-end evaluation (``validation/summary.json``).
 * :func:`fit_operating_points`: the decision rule fitted on this fold's validation cases
   (``fold_k/operating_point.json``; the probabilities in ``fold_k/validation/candidate_probabilities.npz``), then
   the classifier folder's rule pooled over every finished fold's validation cases (``operating_point.json`` beside
-  the folds: what prediction uses), with the held-out check across those folds
-  (:func:`~nnunet_plus.classifier.operating_point.fit_rule`).
+  the folds: what prediction uses) (:func:`~nnunet_plus.classifier.operating_point.fit_rule`).
 * :func:`final_validation`: nnU-Net alone vs nnU-Net + PLUS end to end with the fold's rule
   (:mod:`nnunet_plus.classifier.fold_validation`).
 """
@@ -81,10 +80,10 @@ def score_validation(trainer: PLUSClassifierTrainer) -> tuple[dict, list[np.ndar
     return record, tables
 
 
-def _finished_folds(trainer: PLUSClassifierTrainer) -> tuple[list, list, list[str], list[str]]:
-    """``(banks, tables, folds, case_folds)`` of every finished fold beside ``trainer``'s (itself included) whose
+def _finished_folds(trainer: PLUSClassifierTrainer) -> tuple[list, list, list[str]]:
+    """``(banks, tables, folds)`` of every finished fold beside ``trainer``'s (itself included) whose
     validation probabilities are stored and whose cases are in the candidate bank."""
-    banks, tables, folds, case_folds = [], [], [], []
+    banks, tables, folds = [], [], []
     for fold_dir in sorted(trainer.output_folder.parent.glob("fold_*")):
         source = fold_dir / "validation" / CANDIDATE_TABLES_FILE
         if not (fold_dir / FINAL).is_file() or not source.is_file():
@@ -97,8 +96,7 @@ def _finished_folds(trainer: PLUSClassifierTrainer) -> tuple[list, list, list[st
         banks += [data.bank(i) for i in range(len(data))]
         tables += fold_tables
         folds.append(fold_dir.name[len("fold_"):])
-        case_folds += [folds[-1]] * len(cases)
-    return banks, tables, folds, case_folds
+    return banks, tables, folds
 
 
 def fit_operating_points(trainer: PLUSClassifierTrainer) -> tuple[FittedRule, FittedRule]:
@@ -115,8 +113,8 @@ def fit_operating_points(trainer: PLUSClassifierTrainer) -> tuple[FittedRule, Fi
     fitted = fit_rule(banks, tables, folds=[trainer.fold], **options)
     save_rule(fitted, trainer.output_folder / OPERATING_POINT_FILE)
     trainer.log(f"fold {trainer.fold} " + fitted.describe())
-    pooled_banks, pooled_tables, folds, case_folds = _finished_folds(trainer)
-    pooled = fit_rule(pooled_banks, pooled_tables, folds=folds, case_folds=case_folds, **options)
+    pooled_banks, pooled_tables, folds = _finished_folds(trainer)
+    pooled = fit_rule(pooled_banks, pooled_tables, folds=folds, **options)
     save_rule(pooled, trainer.output_folder.parent / OPERATING_POINT_FILE)
     trainer.log(f"classifier (folds {', '.join(folds)}) " + pooled.describe())
     return fitted, pooled
