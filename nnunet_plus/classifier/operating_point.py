@@ -60,7 +60,6 @@ from nnunet_plus.decision_rule import DecisionRule, apply_rule
 __all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA", "FittedRule",
            "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
 
-
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
 #: the quantities fit_rule can maximise (keys of rule_scores.score_cases)
