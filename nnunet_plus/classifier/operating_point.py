@@ -7,7 +7,8 @@ numbers for the best ``objective`` (default lesion F1) on the classifier folds' 
 network never saw the patients, the way nnU-Net chooses its post-processing from cross-validation. The network
 must earn the change: a rule is kept only when it beats **strictly** both the identity and nnU-Net's own f = 4
 answer (every suspicious candidate reported with nnU-Net's class: a change of sensitivity, which needs no
-network), so a network that adds nothing (a constant output, for instance) leaves nnU-Net alone in place;
+network; it sets the bar even where the guards below would refuse it, which keeps marginal rules out:
+benchmarks/RESULTS.md, "The f = 4 bar"), so a network that adds nothing (a constant output, for instance) leaves nnU-Net alone in place;
 otherwise the identity is stored, and the log and reports say so. Ties between rules go to the one closest to
 the identity (the most conservative). A rule is also only eligible when, on the same cases, it worsens none of
 :data:`GUARDED_SCORES`: a lesion-level gain must not be paid for with the malignant diagnosis (the malignant
@@ -118,13 +119,13 @@ def _value(scores: Mapping, objective: str) -> float:
     return -1.0 if value is None else float(value)
 
 
-def _worsens(scores: Mapping, reference: Mapping) -> bool:
-    """True when ``scores`` is worse than ``reference`` in one of :data:`GUARDED_SCORES`."""
+def _worsens(scores: Mapping, reference: Mapping, guards: Mapping[str, int] | None = None) -> bool:
+    """True when ``scores`` is worse than ``reference`` in one of ``guards`` (default :data:`GUARDED_SCORES`)."""
     def guarded(values: Mapping, name: str, better: int) -> float:
         return -np.inf if values[name] is None else better * float(values[name])
 
-    return any(guarded(scores, name, better) < guarded(reference, name, better)
-               for name, better in GUARDED_SCORES.items())
+    guards = GUARDED_SCORES if guards is None else guards
+    return any(guarded(scores, name, better) < guarded(reference, name, better) for name, better in guards.items())
 
 
 def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_margin: float,
@@ -166,10 +167,10 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
                         if n_j > n_k and binomtest(n_j, n_j + n_k, 0.5, alternative="greater").pvalue < alpha))
 
 
-def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, grid: Mapping, options: Mapping
-            ) -> tuple[DecisionRule, dict, dict, dict]:
+def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, grid: Mapping, options: Mapping,
+            guards: Mapping[str, int] | None) -> tuple[DecisionRule, dict, dict, dict]:
     """``(rule, its scores, identity scores, network-free scores)``: the grid rule with the best ``objective``
-    among those that worsen no :data:`GUARDED_SCORES`, its type changes restricted to :func:`allowed_relabels`
+    among those that worsen none of ``guards``, its type changes restricted to :func:`allowed_relabels`
     on the same cases; the identity unless it beats strictly both the identity and nnU-Net's f=4 answer."""
     from nnunet_plus.classifier.rule_scores import score_cases
 
@@ -189,7 +190,7 @@ def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, gr
         if rule.is_identity:
             continue
         scores = score_cases(banks, tables, rule=rule, **options)
-        if _worsens(scores, identity_scores):
+        if _worsens(scores, identity_scores, guards):
             continue
         # higher objective first; among equals, the rule closest to the identity (largest thresholds)
         key = (_value(scores, objective), sum(values))
@@ -201,20 +202,24 @@ def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, gr
 def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes: Sequence[int],
              benign_classes: Sequence[int], objective: str = "lesion_f1", min_volume_mm3: float = 0.0,
              grid: Mapping[str, Sequence[float]] | None = None, folds: Sequence = (),
-             class_names: Sequence[str] = ()) -> FittedRule:
+             class_names: Sequence[str] = (), guards: Mapping[str, int] | None = None) -> FittedRule:
     """The grid rule with the best ``objective`` on ``banks`` (candidate-bank cases) and their PLUS
     probability ``tables`` ((N_i, L + 1) each); the identity unless some rule beats it strictly (module
     docstring). ``folds`` only records which classifier folds' validation cases these are; ``class_names`` (the
-    lesion types in schema order) only name the allowed type changes in the description."""
+    lesion types in schema order) only name the allowed type changes in the description. ``guards``: the scores a
+    rule may not worsen, each with its better direction (default :data:`GUARDED_SCORES`; other sets are for
+    benchmarks/refit_operating_point.py)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if len(banks) != len(tables):
         raise ValueError(f"{len(banks)} cases but {len(tables)} probability tables")
+    keep = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1", "malignant_recall", "false_positives")
+    if guards is not None and not set(guards) <= set(keep):
+        raise ValueError(f"guards must be among {keep}, got {sorted(guards)}")
     grid = {**DEFAULT_GRID, **dict(grid or {})}
     options = dict(malignant_classes=malignant_classes, benign_classes=benign_classes, min_volume_mm3=min_volume_mm3)
     best_rule, best_scores, identity_scores, network_free = _search(banks, tables, objective=objective, grid=grid,
-                                                                    options=options)
-    keep = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1", "malignant_recall", "false_positives")
+                                                                    options=options, guards=guards)
     return FittedRule(rule=best_rule, objective=objective, score=best_scores[objective],
                       identity_score=identity_scores[objective], network_free_score=network_free[objective],
                       n_cases=len(banks), folds=list(folds),

@@ -141,8 +141,7 @@ def test_a_rule_may_not_lower_the_malignant_patient_f1(cls_project, monkeypatch)
     cyst_malignant = {"malignant_classes": [CYST], "benign_classes": [HCC]}
     guarded = fit_rule(banks, tables, **cyst_malignant)
     assert guarded.rule.is_identity
-    monkeypatch.setattr(operating_point, "GUARDED_SCORES", {})
-    unguarded = fit_rule(banks, tables, **cyst_malignant)
+    unguarded = fit_rule(banks, tables, **cyst_malignant, guards={})
     assert not unguarded.rule.is_identity and unguarded.score > unguarded.identity_score
     assert (unguarded.scores["malignant_f1"] or -1) < (unguarded.identity_scores["malignant_f1"] or -1)
 
@@ -160,6 +159,12 @@ def test_the_guards_refuse_a_lost_malignant_patient_and_an_added_false_positive(
 
     identity = {"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 3}
     assert _worsens(rule, identity) is worse
+
+
+def test_unknown_guards_are_refused(cls_project):
+    banks = _banks(cls_project)
+    with pytest.raises(ValueError, match="guards must be among"):
+        fit_rule(banks, [np.full((b.num_candidates, 3), 1 / 3) for b in banks], **CLASSES, guards={"recall": 1})
 
 
 def test_a_rule_may_not_add_false_positives(cls_project, monkeypatch):
@@ -186,8 +191,7 @@ def test_a_rule_may_not_add_false_positives(cls_project, monkeypatch):
     guarded = fit_rule(banks, tables, **CLASSES)
     assert not guarded.rule.is_identity and guarded.score > guarded.identity_score
     assert guarded.scores["false_positives"] <= guarded.identity_scores["false_positives"]
-    monkeypatch.setattr(operating_point, "GUARDED_SCORES", {"malignant_f1": 1, "malignant_recall": 1})
-    unguarded = fit_rule(banks, tables, **CLASSES)
+    unguarded = fit_rule(banks, tables, **CLASSES, guards={"malignant_f1": 1, "malignant_recall": 1})
     assert unguarded.score > unguarded.identity_score
     assert unguarded.scores["false_positives"] > unguarded.identity_scores["false_positives"]
     assert unguarded.rule.accept_suspicious < 1.0 and guarded.rule.accept_suspicious == 1.0
