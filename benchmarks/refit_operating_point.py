@@ -26,21 +26,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: a guard set's scores and their better direction (+1 higher, -1 lower)
-GUARD_DIRECTIONS = {"malignant_f1": 1, "malignant_recall": 1, "false_positives": -1, "lesion_f1": 1,
-                    "benign_f1": 1, "patient_f1": 1}
-
-
 def parse_guards(text: str) -> tuple[str, dict[str, int]]:
-    """``NAME=score,score`` (empty after ``=``: no guard) -> ``(NAME, {score: direction})``."""
+    """``NAME=score,score`` (empty after ``=``: no guard) -> ``(NAME, {score: direction})``, the directions
+    of :data:`~nnunet_plus.classifier.operating_point.SCORE_DIRECTIONS`."""
+    from nnunet_plus.classifier.operating_point import SCORE_DIRECTIONS
+
     name, sep, scores = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"--guards takes NAME=score,score,... (got {text!r})")
     chosen = [s for s in scores.split(",") if s]
-    unknown = [s for s in chosen if s not in GUARD_DIRECTIONS]
+    unknown = [s for s in chosen if s not in SCORE_DIRECTIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown guarded score(s) {unknown}; choose from {sorted(GUARD_DIRECTIONS)}")
-    return name, {s: GUARD_DIRECTIONS[s] for s in chosen}
+        raise argparse.ArgumentTypeError(f"unknown guarded score(s) {unknown}; choose from {sorted(SCORE_DIRECTIONS)}")
+    return name, {s: SCORE_DIRECTIONS[s] for s in chosen}
 
 
 def load_cohort(seed_dir: Path) -> dict:

@@ -8,7 +8,8 @@ network never saw the patients, the way nnU-Net chooses its post-processing from
 must earn the change: a rule is kept only when it beats **strictly** both the identity and nnU-Net's own f = 4
 answer (every suspicious candidate reported with nnU-Net's class: a change of sensitivity, which needs no
 network; it sets the bar even where the guards below would refuse it, which keeps marginal rules out:
-benchmarks/RESULTS.md, "The f = 4 bar"), so a network that adds nothing (a constant output, for instance) leaves nnU-Net alone in place;
+benchmarks/RESULTS.md, "The f = 4 bar"), so a network that adds nothing (a constant output, for instance) leaves
+nnU-Net alone in place;
 otherwise the identity is stored, and the log and reports say so. Ties between rules go to the one closest to
 the identity (the most conservative). A rule is also only eligible when, on the same cases, it worsens none of
 :data:`GUARDED_SCORES`: a lesion-level gain must not be paid for with the malignant diagnosis (the malignant
@@ -58,16 +59,21 @@ import numpy as np
 
 from nnunet_plus.decision_rule import DecisionRule, apply_rule
 
-__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA", "FittedRule",
-           "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
+__all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA",
+           "SCORE_DIRECTIONS", "FittedRule", "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
 
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
 #: the quantities fit_rule can maximise (keys of rule_scores.score_cases)
 OBJECTIVES = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1")
-#: scores a rule may not worsen on the validation cases, whatever the objective, each with the direction that is
-#: better (+1: higher, -1: lower); an undefined score (None) counts as the worst (keys of rule_scores.score_cases)
-GUARDED_SCORES: dict[str, int] = {"malignant_f1": 1, "malignant_recall": 1, "false_positives": -1}
+#: the scores a fitted rule stores (beside nnU-Net alone's) and that may be guarded, each with the direction that
+#: is better (+1: higher, -1: lower) (keys of rule_scores.score_cases)
+SCORE_DIRECTIONS: dict[str, int] = {"lesion_f1": 1, "malignant_f1": 1, "benign_f1": 1, "patient_f1": 1,
+                                    "malignant_recall": 1, "false_positives": -1}
+#: scores a rule may not worsen on the validation cases, whatever the objective; an undefined score (None) counts
+#: as the worst
+GUARDED_SCORES: dict[str, int] = {name: SCORE_DIRECTIONS[name]
+                                  for name in ("malignant_f1", "malignant_recall", "false_positives")}
 #: significance level of the sign test a type change (nnU-Net class -> PLUS type) must pass (module docstring)
 RELABEL_ALPHA = 0.05
 #: the search grid of each threshold (1.0 = the identity's value)
@@ -213,9 +219,8 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if len(banks) != len(tables):
         raise ValueError(f"{len(banks)} cases but {len(tables)} probability tables")
-    keep = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1", "malignant_recall", "false_positives")
-    if guards is not None and not set(guards) <= set(keep):
-        raise ValueError(f"guards must be among {keep}, got {sorted(guards)}")
+    if guards is not None and not set(guards) <= set(SCORE_DIRECTIONS):
+        raise ValueError(f"guards must be among {tuple(SCORE_DIRECTIONS)}, got {sorted(guards)}")
     grid = {**DEFAULT_GRID, **dict(grid or {})}
     options = dict(malignant_classes=malignant_classes, benign_classes=benign_classes, min_volume_mm3=min_volume_mm3)
     best_rule, best_scores, identity_scores, network_free = _search(banks, tables, objective=objective, grid=grid,
@@ -223,7 +228,8 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
     return FittedRule(rule=best_rule, objective=objective, score=best_scores[objective],
                       identity_score=identity_scores[objective], network_free_score=network_free[objective],
                       n_cases=len(banks), folds=list(folds),
-                      scores={k: best_scores[k] for k in keep}, identity_scores={k: identity_scores[k] for k in keep},
+                      scores={k: best_scores[k] for k in SCORE_DIRECTIONS},
+                      identity_scores={k: identity_scores[k] for k in SCORE_DIRECTIONS},
                       class_names=tuple(class_names))
 
 
