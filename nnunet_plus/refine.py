@@ -23,7 +23,9 @@ lesion is first given its best non-lesion label (argmax over the background / li
 then every reported lesion is painted with its class: rejected and dropped candidates disappear, reported
 ones carry one (refined) type each. ``<case>_instances.nii.gz`` holds the reported lesions with ids 1..N
 (the ids of the JSON). Patient class = classifyPatient over the reported lesions; patient probabilities come
-from PLUS when it ran, else from LiverMax (both are kept in the JSON).
+from PLUS when it ran, else from LiverMax (both are kept in the JSON). ``patient.liver_found`` /
+``liver_volume_ml`` say whether the final label map holds any liver (liver + lesion labels): a case without
+liver is "normal" only in the sense that nothing was seen.
 """
 from __future__ import annotations
 
@@ -183,9 +185,12 @@ class CaseRefiner:
         steps_aside = plus is None or self.classifier.rule.is_identity
         livermax = {schema.label_name(int(k)): float(v) for k, v in analysis.livermax.items()}
         livermax_probabilities = {**{k: float(v) for k, v in analysis.patient.items()}, **livermax}
+        liver_voxels = int(np.isin(label_map, [*schema.liver_labels, *schema.lesion_labels]).sum())
         patient = {
             "class": "normal" if patient_label == 0 else schema.label_name(patient_label),
             "n_lesions": len(reported),
+            "liver_found": liver_voxels > 0,
+            "liver_volume_ml": liver_voxels * float(np.prod(geometry.spacing_zyx)) / 1000.0,
             "livermax": livermax,
             "probabilities": dict(livermax_probabilities) if steps_aside
             else {k: float(v) for k, v in plus.patient.items()},

@@ -161,3 +161,28 @@ def test_classifier_needs_the_image_and_bad_shapes_are_rejected():
         CaseRefiner(SCHEMA).refine("c", None, _softmax()[:, :5], GEOMETRY)
     with pytest.raises(ValueError, match="min_probability"):
         CaseRefiner(SCHEMA, min_probability=1.5)
+
+
+def test_the_liver_found_is_reported_and_a_case_without_liver_is_flagged(tmp_path, caplog):
+    """``patient.liver_found`` / ``liver_volume_ml`` from the final label map (liver + lesion labels); a case whose
+    softmax holds no liver is still "normal", but flagged, and writing it logs a warning naming the case."""
+    from nnunet_plus.predict.runner import write_case_outputs
+
+    record = CaseRefiner(SCHEMA).refine("c", _image(), _softmax(), GEOMETRY).record["patient"]
+    assert record["liver_found"] is True
+    assert record["liver_volume_ml"] == pytest.approx(6 * 18 * 18 * 2.0 / 1000.0)  # liver box incl. lesion A
+    air = np.zeros((4, 6, 20, 20), np.float32)
+    air[0] = 1.0
+    result = CaseRefiner(SCHEMA).refine("air", np.full((1, 6, 20, 20), -1000.0, np.float32), air, GEOMETRY)
+    patient = result.record["patient"]
+    assert (patient["class"], patient["n_lesions"], patient["liver_found"], patient["liver_volume_ml"]) == \
+        ("normal", 0, False, 0.0)
+    with caplog.at_level("WARNING", logger="nnunet_plus.predict.runner"):
+        write_case_outputs(tmp_path, result, schema=SCHEMA, image=None)
+    assert any("case air: no liver found" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "air.json").is_file()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nnunet_plus.predict.runner"):
+        write_case_outputs(tmp_path, CaseRefiner(SCHEMA).refine("c", _image(), _softmax(), GEOMETRY), schema=SCHEMA,
+                           image=None)
+    assert not any("no liver" in r.getMessage() for r in caplog.records)

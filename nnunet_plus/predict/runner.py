@@ -154,7 +154,12 @@ def write_case_outputs(output_folder: str | Path, result: CaseResult, *, schema:
                        image: np.ndarray | None, probabilities: np.ndarray | None = None,
                        properties: dict | None = None, overlays: bool = False, dicom=None) -> None:
     """Every per-case file: probabilities (if given), overlay (if asked), DICOM SEG + SR (``dicom``: a
-    :class:`~nnunet_plus.predict.dicom_out.DicomRequest`, ``--dicom-seg``), label maps, JSON last."""
+    :class:`~nnunet_plus.predict.dicom_out.DicomRequest`, ``--dicom-seg``), label maps, JSON last;
+    a case without liver is logged as a warning."""
+    if not result.record["patient"]["liver_found"]:
+        logger.warning("case %s: no liver found; its patient class %r means that nothing was seen, not a healthy "
+                       "liver (check that the image is an abdominal CT covering the liver)", result.case,
+                       result.record["patient"]["class"])
     if probabilities is not None:
         write_probabilities(probabilities, properties, output_folder, result.case)
     if overlays:
