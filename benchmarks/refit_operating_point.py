@@ -85,7 +85,8 @@ def _pp(value, reference):
 
 
 def compare(cohort: dict, guard_sets: dict[str, dict[str, int]]) -> dict[str, dict]:
-    """Per variant: the rule and its test deltas against nnU-Net alone (pp) and false positives per patient."""
+    """Per variant: the rule, its test deltas against nnU-Net alone (pp), false positives per patient and test
+    lesions found whatever their type (nnU-Net alone, variant)."""
     from bench_efficacy import bank_arm_metrics
 
     from nnunet_plus.classifier.operating_point import fit_rule
@@ -106,6 +107,7 @@ def compare(cohort: dict, guard_sets: dict[str, dict[str, int]]) -> dict[str, di
                       "malignant_f1": _pp(plus["malignant_f1"], alone["malignant_f1"]),
                       "benign_f1": _pp(plus["benign_f1"], alone["benign_f1"]),
                       "fp_per_patient": (alone["fp_per_patient"], plus["fp_per_patient"]),
+                      "found": tuple(arm["counts"]["tp"] + arm["counts"]["fl"] for arm in (alone, plus)),
                       "rule": rule.describe(cohort["schema"].lesions)}
     return rows
 
@@ -116,10 +118,12 @@ def _signed(value) -> str:
 
 def summary_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     """Markdown: per variant, mean and lowest delta of lesion and malignant patient F1 over the cohorts, the
-    cohorts below 0, and the mean false positives per patient."""
+    cohorts below 0, the mean false positives per patient, and the test lesions found whatever their type (all
+    cohorts) with the cohorts where fewer were found than by nnU-Net alone."""
     variants = list(next(iter(results.values())))
     lines = ["| variant | mean Δ lesion F1 | lowest | cohorts < 0 | mean Δ malignant F1 | lowest | cohorts < 0 "
-             "| FP / patient |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| FP / patient | lesions found (cohorts with fewer) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for variant in variants:
         rows = [cohort[variant] for cohort in results.values()]
         cells = []
@@ -129,7 +133,10 @@ def summary_lines(results: dict[str, dict[str, dict]]) -> list[str]:
                 if values else ["n/a"] * 3
         before = np.mean([r["fp_per_patient"][0] for r in rows])
         after = np.mean([r["fp_per_patient"][1] for r in rows])
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {before:.3f} -> {after:.3f} |")
+        found = np.sum([r["found"] for r in rows], axis=0)
+        fewer = sum(r["found"][1] < r["found"][0] for r in rows)
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {before:.3f} -> {after:.3f} | "
+                     f"{found[0]} -> {found[1]} ({fewer}) |")
     return lines
 
 
@@ -154,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             fp = row["fp_per_patient"]
             print(f"{seed_dir}  {name:18s} lesion F1 {_signed(row['lesion_f1']):>6}  malignant F1 "
                   f"{_signed(row['malignant_f1']):>6}  benign F1 {_signed(row['benign_f1']):>6}  "
-                  f"FP/patient {fp[0]:.2f} -> {fp[1]:.2f}  | {row['rule']}", flush=True)
+                  f"FP/patient {fp[0]:.2f} -> {fp[1]:.2f}  found {row['found'][0]} -> {row['found'][1]}  | "
+                  f"{row['rule']}", flush=True)
     print("\n" + "\n".join(summary_lines(results)))
     return 0
 

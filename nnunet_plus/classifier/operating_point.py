@@ -69,7 +69,7 @@ OBJECTIVES = ("lesion_f1", "malignant_f1", "benign_f1", "patient_f1")
 #: the scores a fitted rule stores (beside nnU-Net alone's) and that may be guarded, each with the direction that
 #: is better (+1: higher, -1: lower) (keys of rule_scores.score_cases)
 SCORE_DIRECTIONS: dict[str, int] = {"lesion_f1": 1, "malignant_f1": 1, "benign_f1": 1, "patient_f1": 1,
-                                    "malignant_recall": 1, "false_positives": -1}
+                                    "malignant_recall": 1, "false_positives": -1, "lesions_found": 1}
 #: scores a rule may not worsen on the validation cases, whatever the objective; an undefined score (None) counts
 #: as the worst
 GUARDED_SCORES: dict[str, int] = {name: SCORE_DIRECTIONS[name]

@@ -59,8 +59,9 @@ def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], 
     (:func:`~nnunet_plus.evaluation.metrics.lesion_metrics` of the summed counts), ``malignant`` / ``benign``
     (:func:`~nnunet_plus.evaluation.metrics.binary_metrics` of the patient labels), and the scalars ``lesion_f1``,
     ``malignant_f1``, ``benign_f1``, ``patient_f1`` (mean of the two patient F1 that are defined; None when
-    neither is), ``malignant_recall`` (malignant patients called malignant; None without malignant patients) and
-    ``false_positives`` (reported candidates that match no reference lesion: a count).
+    neither is), ``malignant_recall`` (malignant patients called malignant; None without malignant patients),
+    ``false_positives`` (reported candidates that match no reference lesion: a count) and ``lesions_found``
+    (reference lesions matched by a reported candidate, whatever its type: ``tp + fl``, a count).
     """
     if len(banks) != len(probabilities):
         raise ValueError(f"{len(banks)} cases but {len(probabilities)} probability tables")
@@ -82,7 +83,8 @@ def score_cases(banks: Sequence[CaseBank], probabilities: Sequence[np.ndarray], 
     return {"lesion": lesion, **patient, "lesion_f1": lesion["f1"], "malignant_f1": patient["malignant"]["f1"],
             "benign_f1": patient["benign"]["f1"],
             "patient_f1": mean_or_none([patient["malignant"]["f1"], patient["benign"]["f1"]]),
-            "malignant_recall": patient["malignant"]["recall"], "false_positives": int(totals["fp"])}
+            "malignant_recall": patient["malignant"]["recall"], "false_positives": int(totals["fp"]),
+            "lesions_found": int(totals["tp"] + totals["fl"])}
 
 
 def nnunet_lesion_metrics(banks: Sequence[CaseBank]) -> dict:

@@ -92,14 +92,18 @@ def test_score_cases_patient_level(cls_project):
     everything_not_lesion = [np.tile([0.0, 0.0, 1.0], (b.num_candidates, 1)) for b in banks]
     scores = score_cases(banks, everything_not_lesion, rule=NETWORK_RULE, malignant_classes=[HCC],
                          benign_classes=[CYST])
-    assert scores["lesion"]["tp"] == 0 and scores["lesion"]["fn"] == 4 + 1
+    assert scores["lesion"]["tp"] == 0 and scores["lesion"]["fn"] == 4 + 1 and scores["lesions_found"] == 0
     assert scores["malignant"]["fn"] == 2 and scores["benign"]["fn"] == 1 and scores["malignant"]["tn"] == 1
     # no patient predicted positive: precision and F1 undefined (None), as in nnunet_plus.evaluation
     assert scores["malignant_f1"] is None and scores["benign_f1"] is None and scores["patient_f1"] is None
     perfect = [np.eye(3)[b.target] for b in banks]
     scores = score_cases(banks, perfect, rule=NETWORK_RULE, malignant_classes=[HCC], benign_classes=[CYST])
     assert scores["lesion"]["tp"] == 4 and scores["lesion"]["fp"] == 0 and scores["lesion"]["fn"] == 1
+    assert scores["lesions_found"] == 4   # tp + fl, whatever the type
     assert scores["malignant_f1"] == 1.0 and scores["benign_f1"] == 1.0 and scores["patient_f1"] == 1.0
+    wrong_type = [np.eye(3)[np.where(b.target == HCC, CYST, np.where(b.target == CYST, HCC, b.target))] for b in banks]
+    scores = score_cases(banks, wrong_type, rule=NETWORK_RULE, malignant_classes=[HCC], benign_classes=[CYST])
+    assert scores["lesion"]["tp"] == 0 and scores["lesion"]["fl"] == 4 and scores["lesions_found"] == 4
 
 
 def test_patient_targets_are_what_the_candidates_can_reach(tmp_path, cls_project):
