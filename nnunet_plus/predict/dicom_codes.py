@@ -76,7 +76,7 @@ TIER = ("tier", LOCAL_SCHEME, "Detection tier")
 TIERS = {"confident": ("confident", LOCAL_SCHEME, "Confident (first sensitivity)"),
          "suspicious": ("suspicious", LOCAL_SCHEME, "Suspicious (higher sensitivity only)")}
 UNITS = {"mm3": ("mm3", "UCUM", "cubic millimeter"), "mm": ("mm", "UCUM", "millimeter"),
-         "1": ("1", "UCUM", "no units")}
+         "ml": ("ml", "UCUM", "milliliter"), "1": ("1", "UCUM", "no units")}
 #: the tracking identifier of a lesion's segment and SR group ("lesion <id>")
 LESION_TRACKING = re.compile(r"^lesion (\d+)$")
 

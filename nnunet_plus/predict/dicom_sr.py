@@ -15,6 +15,8 @@ tier                           tier (Detection tier)                            
 patient class (own group,      121073 Impression                                       DCM       type code of the
 Tracking Identifier "patient")                                                                   class, or SCT
                                                                                                  17621005 Normal
+liver volume (patient group)   118565006 Volume, finding site Liver                    SCT       UCUM ml (0: no
+                                                                                                 liver found)
 =============================  =====================================================  ========  ==================
 
 Type codes: :mod:`nnunet_plus.predict.dicom_codes`; the segments the groups reference:
@@ -71,20 +73,27 @@ def _lesion_group(lesion: Mapping, spec: SegmentSpec, seg, concepts: Mapping[int
 
 def _patient_group(record: Mapping, schema: LesionSchema, concepts: Mapping[int, LabelConcept], algorithm,
                    finding_sites: list):
-    """The group ``"patient"`` whose Impression is the patient class of the per-case JSON."""
+    """The group ``"patient"`` whose Impression is the patient class of the per-case JSON, with the volume of the
+    liver found (``patient.liver_volume_ml``; 0 ml tells a reader that "normal" means nothing was seen)."""
     import highdicom as hd
-    from highdicom.sr import MeasurementsAndQualitativeEvaluations, QualitativeEvaluation, TrackingIdentifier
+    from highdicom.sr import (Measurement, MeasurementsAndQualitativeEvaluations, QualitativeEvaluation,
+                              TrackingIdentifier)
 
-    patient_class = str(record.get("patient", {}).get("class", "normal"))
+    patient = record.get("patient", {})
+    patient_class = str(patient.get("class", "normal"))
     if patient_class in schema.labels and int(schema.labels[patient_class]) in concepts:
         class_code = coded_concept(concepts[int(schema.labels[patient_class])].type)
     elif patient_class == "normal":
         class_code = coded_concept(NORMAL)
     else:
         class_code = coded_concept((patient_class[:16], LOCAL_SCHEME, patient_class[:64]))
+    liver_volume = _number(patient.get("liver_volume_ml"))
+    measurements = None if liver_volume is None else [
+        Measurement(name=coded_concept(VOLUME), value=liver_volume, unit=coded_concept(UNITS["ml"]),
+                    algorithm_id=algorithm)]
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier="patient"), finding_sites=finding_sites,
-        algorithm_id=algorithm,
+        algorithm_id=algorithm, measurements=measurements,
         qualitative_evaluations=[QualitativeEvaluation(name=coded_concept(IMPRESSION), value=class_code)])
 
 
@@ -129,7 +138,7 @@ def make_sr(seg, specs: Sequence[SegmentSpec], source: Sequence, record: Mapping
 
 def read_sr_report(sr, schema: LesionSchema | None = None) -> dict:
     """``{"lesions": [{"id", "class", "volume_mm3", "axial_diameter_mm", "probability", "tier",
-    "referenced_segment"}], "patient": {"class"}}`` read back from an SR written here (a highdicom
+    "referenced_segment"}], "patient": {"class"[, "liver_volume_ml"]}}`` read back from an SR written here (a highdicom
     Comprehensive3DSR, e.g. ``highdicom.sr.srread(path)``); classes are label names when ``schema`` is given
     (else the codes' meanings)."""
     from highdicom.sr import CodedConcept
@@ -166,4 +175,7 @@ def read_sr_report(sr, schema: LesionSchema | None = None) -> dict:
         if str(group.tracking_identifier) == "patient":
             value = evaluation(group, IMPRESSION)
             patient["class"] = None if value is None else name_of(value)
+            liver_volume = numeric(group, VOLUME)
+            if liver_volume is not None:
+                patient["liver_volume_ml"] = liver_volume
     return {"lesions": lesions, "patient": patient}

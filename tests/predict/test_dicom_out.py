@@ -111,7 +111,8 @@ def synthetic_case(schema, geometry: Geometry, case: str = "ct_001") -> CaseResu
         lesions.append({"id": i, "label": label, "class": name, "n_voxels": n, "volume_mm3": n * voxel,
                         "volume_cm3": n * voxel / 1000.0, "axial_diameter_mm": 3.1 + i / 3.0,
                         "probability": 0.5 + i / 10.0 + 1 / 3.0 / 100, "tier": tiers[i - 1]})
-    record = {"case": case, "lesions": lesions, "rejected": [], "patient": {"class": "hcc", "n_lesions": 4}}
+    record = {"case": case, "lesions": lesions, "rejected": [],
+              "patient": {"class": "hcc", "n_lesions": 4, "liver_found": True, "liver_volume_ml": 1523.25}}
     return CaseResult(case, label_map, instances, record, geometry)
 
 
@@ -190,7 +191,7 @@ def test_sr_lists_the_record(written, schema):
     sr = hd.sr.srread(paths["sr"])
     seg = hd.seg.segread(paths["seg"])
     report = read_sr_report(sr, schema)
-    assert report["patient"] == {"class": "hcc"}
+    assert report["patient"] == {"class": "hcc", "liver_volume_ml": pytest.approx(1523.25)}
     assert [r["id"] for r in report["lesions"]] == [1, 2, 3, 4]
     tracking = {seg.get_segment_description(n).get("TrackingID"): n for n in seg.get_segment_numbers()}
     for got, want in zip(report["lesions"], result.record["lesions"]):
@@ -207,12 +208,14 @@ def test_sr_lists_the_record(written, schema):
 def test_no_lesion_case_writes_sr_only_when_nothing_segmented(series, schema, tmp_path):
     geometry = Geometry.of(read_sitk(series))
     empty = np.zeros(SHAPE, np.uint8)
-    record = {"case": "empty", "lesions": [], "patient": {"class": "normal"}}
+    record = {"case": "empty", "lesions": [], "patient": {"class": "normal", "liver_found": False,
+                                                           "liver_volume_ml": 0.0}}
     paths = dicom_out.write_dicom_outputs(tmp_path, "empty", empty, empty.astype(np.int32), record, geometry,
                                           schema, source_files=(series,))
     assert set(paths) == {"sr"}
     report = read_sr_report(hd.sr.srread(paths["sr"]), schema)
-    assert report == {"lesions": [], "patient": {"class": "normal"}}
+    # "normal" with a liver of 0 ml: a PACS reader sees that nothing was seen, not a healthy liver
+    assert report == {"lesions": [], "patient": {"class": "normal", "liver_volume_ml": 0.0}}
 
 
 def test_nifti_input_gets_a_message(schema, tmp_path, caplog):
