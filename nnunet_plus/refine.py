@@ -180,12 +180,13 @@ class CaseRefiner:
                                     [rec["label"] for rec in reported])
 
         from nnunet_plus.postprocessing.classify import classify_patient
+        from nnunet_plus.postprocessing.seg2det import label_mask
 
         patient_label = classify_patient([rec["label"] for rec in reported], schema.priority_labels)
         steps_aside = plus is None or self.classifier.rule.is_identity
         livermax = {schema.label_name(int(k)): float(v) for k, v in analysis.livermax.items()}
         livermax_probabilities = {**{k: float(v) for k, v in analysis.patient.items()}, **livermax}
-        liver_voxels = int(np.isin(label_map, [*schema.liver_labels, *schema.lesion_labels]).sum())
+        liver_voxels = int(label_mask(label_map, schema.liver_region_labels).sum())
         patient = {
             "class": "normal" if patient_label == 0 else schema.label_name(patient_label),
             "n_lesions": len(reported),

@@ -165,6 +165,11 @@ class LesionSchema:
         return tuple(int(self.labels[n]) for n in self.lesions)
 
     @property
+    def liver_region_labels(self) -> tuple[int, ...]:
+        """Liver and lesion label values: the liver region of a label map is the liver with its lesions."""
+        return self.liver_labels + self.lesion_labels
+
+    @property
     def malignant_labels(self) -> tuple[int, ...]:
         return tuple(int(self.labels[n]) for n in self.malignant)
 

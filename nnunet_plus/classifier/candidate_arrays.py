@@ -82,7 +82,7 @@ def classifier_inputs(image: np.ndarray, analysis, schema: LesionSchema, *, spac
     padding value everywhere when nnU-Net found no liver region) and whether it found one.
     """
     base_map = analysis.label_maps[0]
-    liver_region = np.isin(base_map, schema.liver_labels + schema.lesion_labels)
+    liver_region = np.isin(base_map, schema.liver_region_labels)
     liver_found = bool(liver_region.any())
     schemes = settings.schemes(image.shape[0], channel_names)
     normalised = normalise_intensity(image, scheme=schemes, ct_window=settings.ct_window,

@@ -347,7 +347,7 @@ def shuffle_case(image: np.ndarray, reference: np.ndarray, probabilities: np.nda
     reference = np.asarray(reference)
     objects = shuffle_objects(reference, probabilities, lesion_labels=lesion_labels,
                               sensitivity=max(schema.sensitivities))
-    region_labels = list(schema.liver_labels) + lesion_labels
+    region_labels = schema.liver_region_labels
     nnunet_map = multi_sensitivity_labels(np.asarray(probabilities), lesion_labels, (1.0,))[0]
     reference_liver = np.isin(reference, region_labels)
     liver = reference_liver & (np.isin(nnunet_map, region_labels) | (objects > 0))

@@ -301,7 +301,7 @@ def _check_case_inputs(reference: np.ndarray, prediction: np.ndarray, schema: Le
 def _voxel_overlap(reference: np.ndarray, prediction: np.ndarray, schema: LesionSchema) -> tuple[dict, dict]:
     """Voxel counts (:func:`~nnunet_plus.evaluation.metrics.overlap_counts`) and Dice of the liver (liver and
     lesion labels) and of the lesions (lesion labels)."""
-    liver_and_lesions = list(schema.liver_labels) + list(schema.lesion_labels)
+    liver_and_lesions = schema.liver_region_labels
     voxels = {
         "liver": overlap_counts(label_mask(reference, liver_and_lesions), label_mask(prediction, liver_and_lesions)),
         "lesion": overlap_counts(label_mask(reference, schema.lesion_labels),

@@ -58,7 +58,7 @@ def write_overlay(path: str | Path, image: np.ndarray, label_map: np.ndarray, in
 
     ct = image[0] if image.ndim == 4 else image
     colors = {name: np.asarray(rgb) / 255.0 for name, rgb in label_colors(schema).values()}
-    liver = np.isin(label_map, list(schema.liver_labels) + list(schema.lesion_labels))
+    liver = np.isin(label_map, schema.liver_region_labels)
     ordered = sorted(lesions, key=lambda r: -float(r.get("volume_mm3", 0.0)))
     shown = ordered[:MAX_PANELS]
     panels = [(int(r["id"]), r) for r in shown] or [(0, None)]
