@@ -7,8 +7,7 @@ some of its outputs were written is redone, or continued where the command can):
    a coarse grid (``DEMO_SHAPE`` at ``DEMO_SPACING``) with lesions ``--conspicuity`` times more conspicuous than
    realistic NCCT and ``DEMO_HEALTHY_FRACTION`` lesion-free subjects, so that two CPU cores can train both
    stages in minutes.
-2. ``nnunet_plus_plan_and_preprocess -c 3d_fullres``: nnU-Net's planning and preprocessing, with a CT clipping
-   window that keeps calcifications visible (:mod:`nnunet_plus.plans`).
+2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
 3. a 2-fold ``splits_final.json`` (every training case gets an out-of-fold softmax from only two trainings).
 4. ``nnUNetv2_train`` on folds 0 and 1 (the lesion-focused recipe: nnUNetTrainerPLUS_lesionFocus_cpuDemo on CPU,
    nnUNetTrainerPLUS_lesionFocus_10epochs on CUDA; resumes with ``--c``).
@@ -43,7 +42,6 @@ from nnunet_plus.files.atomic import atomic_path, write_json_atomic
 from nnunet_plus.child_process import stop_with_parent
 from nnunet_plus.classifier.trainer.fold_files import fold_complete, read_skipped
 from nnunet_plus.paths import resolve_device, trainers_path
-from nnunet_plus.plans import ct_clip_is_raised
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_LiverPhantom"
@@ -212,15 +210,10 @@ class Demo:
         return self.preprocessed / DATASET_NAME / "gt_segmentations"
 
     def _preprocessed(self) -> bool:
-        """Plans written with the raised CT clip and every training label copied whole into gt_segmentations (copied
-        last, and not atomically, by nnU-Net's preprocessing)."""
+        """Plans written and every training label copied whole into gt_segmentations (copied last, and not
+        atomically, by nnUNetv2_plan_and_preprocess)."""
         labels = list((self.dataset_raw / "labelsTr").glob("*.nii.gz"))
-        plans = self.preprocessed / DATASET_NAME / "nnUNetPlans.json"
-        try:
-            clipped = ct_clip_is_raised(json.loads(plans.read_text()))
-        except (OSError, ValueError):  # not written yet, or cut short by a kill
-            return False
-        return clipped and bool(labels) and all(
+        return (self.preprocessed / DATASET_NAME / "nnUNetPlans.json").is_file() and bool(labels) and all(
             (self.gt_segmentations / p.name).is_file()
             and (self.gt_segmentations / p.name).stat().st_size == p.stat().st_size for p in labels)
 
@@ -229,8 +222,8 @@ class Demo:
             copy = self.gt_segmentations / label.name
             if copy.is_file() and copy.stat().st_size != label.stat().st_size:
                 copy.unlink()  # cut short by a kill; nnU-Net copies only labels newer than the copy, not this one
-        self.run("plan_and_preprocess", ["nnunet_plus_plan_and_preprocess", "-d", str(DATASET_ID), "-c",
-                                         CONFIGURATION, "-np", str(self.num_processes)])
+        self.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION,
+                                         "-np", str(self.num_processes)])
 
     def write_two_fold_split(self) -> None:
         from nnunet_plus.classifier.splits import two_fold_split
