@@ -25,7 +25,9 @@ ones carry one (refined) type each. ``<case>_instances.nii.gz`` holds the report
 (the ids of the JSON). Patient class = classifyPatient over the reported lesions; patient probabilities come
 from PLUS when it ran, else from LiverMax (both are kept in the JSON). ``patient.liver_found`` /
 ``liver_volume_ml`` say whether the final label map holds any liver (liver + lesion labels): a case without
-liver is "normal" only in the sense that nothing was seen.
+liver is "normal" only in the sense that nothing was seen. ``patient.liver_hu_median`` is the median of the
+image's first channel over that region: outside :data:`LIVER_HU_RANGE` the "liver" is not liver tissue (a model
+that paints liver into air, a scan that is not a CT in HU), which ``nnunet_plus_predict`` logs as a warning.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ from nnunet_plus.files.image_io import Geometry
 from nnunet_plus.schema import LesionSchema
 
 NOT_A_LESION = "not_a_lesion"
+#: plausible median HU of the liver region on CT: parenchyma is ~55 HU unenhanced, down to about -40 HU when
+#: very fatty and up to ~150 HU in the portal venous phase; air is -1000 HU, lung about -800 HU, bone > 300 HU
+LIVER_HU_RANGE = (-100.0, 200.0)
 
 
 @dataclass
@@ -69,6 +74,16 @@ def jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _median_hu(image: np.ndarray | None, region: np.ndarray) -> float | None:
+    """Median of the first channel of ``image`` ((C, Z, Y, X) or (Z, Y, X)) over the finite voxels of ``region``
+    ((Z, Y, X) bool); None without image or without such voxels."""
+    if image is None:
+        return None
+    values = np.asarray(image if np.ndim(image) == 3 else image[0])[region]
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
 
 
 class CaseRefiner:
@@ -118,7 +133,7 @@ class CaseRefiner:
             if image is None:
                 raise ValueError(f"{case}: the PLUS classifier needs the CT image; give -i or use --no-classifier")
             plus = self.classifier.predict_case(image, probabilities, analysis, spacing=geometry.spacing_zyx)
-        return self._assemble(case, analysis, plus, probabilities, geometry)
+        return self._assemble(case, analysis, plus, probabilities, geometry, image)
 
     # ---- decision -----------------------------------------------------------------------------------
     def _decide(self, analysis, plus) -> tuple[object, list[dict], list[dict]]:
@@ -168,7 +183,7 @@ class CaseRefiner:
                 rejected.append(out)
         return detections, reported, rejected
 
-    def _assemble(self, case, analysis, plus, probabilities, geometry) -> CaseResult:
+    def _assemble(self, case, analysis, plus, probabilities, geometry, image) -> CaseResult:
         schema = self.schema
         detections, reported, rejected = self._decide(analysis, plus)
         lut = np.zeros(len(detections.lesions) + 1, dtype=np.int32)
@@ -186,12 +201,15 @@ class CaseRefiner:
         steps_aside = plus is None or self.classifier.rule.is_identity
         livermax = {schema.label_name(int(k)): float(v) for k, v in analysis.livermax.items()}
         livermax_probabilities = {**{k: float(v) for k, v in analysis.patient.items()}, **livermax}
-        liver_voxels = int(label_mask(label_map, schema.liver_region_labels).sum())
+        liver_region = label_mask(label_map, schema.liver_region_labels)
+        liver_voxels = int(liver_region.sum())
+        liver_hu_median = _median_hu(image, liver_region)
         patient = {
             "class": "normal" if patient_label == 0 else schema.label_name(patient_label),
             "n_lesions": len(reported),
             "liver_found": liver_voxels > 0,
             "liver_volume_ml": liver_voxels * float(np.prod(geometry.spacing_zyx)) / 1000.0,
+            "liver_hu_median": liver_hu_median,
             "livermax": livermax,
             "probabilities": dict(livermax_probabilities) if steps_aside
             else {k: float(v) for k, v in plus.patient.items()},

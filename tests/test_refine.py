@@ -7,6 +7,7 @@ Softmax (background, liver, hcc, cyst) on a 6 x 20 x 20 grid, spacing 2 x 1 x 1 
 """
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -186,3 +187,28 @@ def test_the_liver_found_is_reported_and_a_case_without_liver_is_flagged(tmp_pat
         write_case_outputs(tmp_path, CaseRefiner(SCHEMA).refine("c", _image(), _softmax(), GEOMETRY), schema=SCHEMA,
                            image=None)
     assert not any("no liver" in r.getMessage() for r in caplog.records)
+
+
+def test_a_liver_that_is_not_liver_tissue_is_flagged(tmp_path, caplog):
+    """``patient.liver_hu_median``: the median HU of the liver region (None without image); a model that paints
+    liver into air gives a liver far outside LIVER_HU_RANGE, which writing the case logs as a warning."""
+    from nnunet_plus.predict.runner import write_case_outputs
+
+    assert CaseRefiner(SCHEMA).refine("c", _image(), _softmax(), GEOMETRY).record["patient"]["liver_hu_median"] \
+        == pytest.approx(60.0)  # liver 60 HU, lesion A 30 HU on fewer voxels
+    assert CaseRefiner(SCHEMA).refine("c", None, _softmax(), GEOMETRY).record["patient"]["liver_hu_median"] is None
+    liver_everywhere = np.zeros((4, 6, 20, 20), np.float32)
+    liver_everywhere[1] = 1.0
+    for case, hu, warned in (("air", -1000.0, True), ("bone", 700.0, True), ("fatty", -30.0, False)):
+        result = CaseRefiner(SCHEMA).refine(case, np.full((1, 6, 20, 20), hu, np.float32), liver_everywhere,
+                                            GEOMETRY)
+        patient = result.record["patient"]
+        assert patient["liver_found"] is True and patient["liver_hu_median"] == pytest.approx(hu)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="nnunet_plus.predict.runner"):
+            write_case_outputs(tmp_path, result, schema=SCHEMA, image=None)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(f"case {case}: the liver found has a median of {hu:.0f} HU" in m for m in messages) == warned, \
+            messages
+        assert json.loads((tmp_path / f"{case}.json").read_text())["patient"]["liver_hu_median"] == \
+            pytest.approx(hu)

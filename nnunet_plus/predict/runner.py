@@ -28,7 +28,7 @@ from tqdm import tqdm
 from nnunet_plus.files.atomic import write_json_atomic
 from nnunet_plus.predict.outputs import (RUN_INFO, case_paths, check_output_names, is_case_done, write_case,
                                          write_label_descriptions, write_probabilities, write_tables)
-from nnunet_plus.refine import CaseResult
+from nnunet_plus.refine import LIVER_HU_RANGE, CaseResult
 from nnunet_plus.schema import LesionSchema
 
 logger = logging.getLogger(__name__)
@@ -155,11 +155,19 @@ def write_case_outputs(output_folder: str | Path, result: CaseResult, *, schema:
                        properties: dict | None = None, overlays: bool = False, dicom=None) -> None:
     """Every per-case file: probabilities (if given), overlay (if asked), DICOM SEG + SR (``dicom``: a
     :class:`~nnunet_plus.predict.dicom_out.DicomRequest`, ``--dicom-seg``), label maps, JSON last;
-    a case without liver is logged as a warning."""
-    if not result.record["patient"]["liver_found"]:
+    a case without liver, or whose liver region is not liver tissue (:data:`~nnunet_plus.refine.LIVER_HU_RANGE`),
+    is logged as a warning."""
+    patient = result.record["patient"]
+    if not patient["liver_found"]:
         logger.warning("case %s: no liver found; its patient class %r means that nothing was seen, not a healthy "
                        "liver (check that the image is an abdominal CT covering the liver)", result.case,
-                       result.record["patient"]["class"])
+                       patient["class"])
+    elif patient.get("liver_hu_median") is not None and not (
+            LIVER_HU_RANGE[0] <= patient["liver_hu_median"] <= LIVER_HU_RANGE[1]):
+        logger.warning("case %s: the liver found has a median of %.0f HU, outside the %g to %g HU of liver tissue; "
+                       "its lesions and patient class %r are not trustworthy (check that the image is an abdominal "
+                       "CT in HU covering the liver)", result.case, patient["liver_hu_median"], *LIVER_HU_RANGE,
+                       patient["class"])
     if probabilities is not None:
         write_probabilities(probabilities, properties, output_folder, result.case)
     if overlays:
