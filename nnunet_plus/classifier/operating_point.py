@@ -33,7 +33,10 @@ exact sign test (McNemar's test on the candidates where the two answers differ a
 crosses between the malignant and the benign group, when it is of any type of ``k``'s group: such a change
 also turns the malignant / benign call the diagnosis rests on, so an "hcc" called "icc" by nnU-Net and "cyst"
 by PLUS counts against "icc" -> "cyst" (a malignant lesion made benign). Candidates right under neither answer
-(another type, or no lesion) count for neither.
+(another type, or no lesion) count for neither. A change from a malignant to a benign type takes a malignant
+diagnosis away, which costs a patient more than the reverse, so it must pass the stricter level
+:data:`RELABEL_ALPHA_MALIGNANT_TO_BENIGN` (seven right changes of seven, where five pass :data:`RELABEL_ALPHA`;
+benchmarks/RESULTS.md, "Malignant to benign type changes at α = 0.01").
 
 No held-out check of the pooled rule. Until 2026-12-07 the rule was refitted on all folds but one and used only
 when those refits never lost on their held-out fold. With the guards above that check only ever removed gains:
@@ -60,7 +63,7 @@ import numpy as np
 from nnunet_plus.decision_rule import DecisionRule, apply_rule
 
 __all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA",
-           "SCORE_DIRECTIONS", "FittedRule", "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
+           "RELABEL_ALPHA_MALIGNANT_TO_BENIGN", "SCORE_DIRECTIONS", "FittedRule", "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
 
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
@@ -76,6 +79,8 @@ GUARDED_SCORES: dict[str, int] = {name: SCORE_DIRECTIONS[name]
                                   for name in ("malignant_f1", "malignant_recall", "false_positives")}
 #: significance level of the sign test a type change (nnU-Net class -> PLUS type) must pass (module docstring)
 RELABEL_ALPHA = 0.05
+#: the stricter level for a change from a malignant to a benign type (module docstring)
+RELABEL_ALPHA_MALIGNANT_TO_BENIGN = 0.01
 #: the search grid of each threshold (1.0 = the identity's value)
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "reject_confident": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
@@ -135,17 +140,19 @@ def _worsens(scores: Mapping, reference: Mapping, guards: Mapping[str, int] | No
 
 
 def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_margin: float,
-                     malignant_classes: Sequence[int], benign_classes: Sequence[int], alpha: float | None = None
-                     ) -> tuple[tuple[int, int], ...]:
+                     malignant_classes: Sequence[int], benign_classes: Sequence[int], alpha: float | None = None,
+                     alpha_malignant_to_benign: float | None = None) -> tuple[tuple[int, int], ...]:
     """The type changes ``(nnU-Net class k, PLUS type j)`` that pass the sign test on ``banks`` / ``tables``
     (module docstring): among the confident candidates that ``relabel_margin`` would change from ``k`` to ``j``,
     ``n_j`` are of type ``j`` (the reference) and ``n_k`` are right as nnU-Net called them (of type ``k``; of any
     type of ``k``'s group when ``k`` and ``j`` are one malignant and one benign type); kept when ``n_j > n_k`` and
-    ``P(X >= n_j) < alpha`` (default :data:`RELABEL_ALPHA`) for ``X ~ Binomial(n_j + n_k, 1/2)``. Sorted; empty
-    when none passes."""
+    ``P(X >= n_j) < alpha`` (default :data:`RELABEL_ALPHA`; ``alpha_malignant_to_benign``, default
+    :data:`RELABEL_ALPHA_MALIGNANT_TO_BENIGN`, when ``k`` is malignant and ``j`` benign) for
+    ``X ~ Binomial(n_j + n_k, 1/2)``. Sorted; empty when none passes."""
     from scipy.stats import binomtest
 
     alpha = RELABEL_ALPHA if alpha is None else alpha
+    alpha_down = RELABEL_ALPHA_MALIGNANT_TO_BENIGN if alpha_malignant_to_benign is None else alpha_malignant_to_benign
     rule = DecisionRule(relabel_margin=relabel_margin)
     if not rule.relabels:
         return ()
@@ -169,8 +176,11 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
             tally = counts.setdefault((k, j), [0, 0])
             tally[0] += target == j
             tally[1] += target in right_as_called(k, j)
+    def level(k: int, j: int) -> float:
+        return alpha_down if k in malignant and j in benign else alpha
+
     return tuple(sorted(pair for pair, (n_j, n_k) in counts.items()
-                        if n_j > n_k and binomtest(n_j, n_j + n_k, 0.5, alternative="greater").pvalue < alpha))
+                        if n_j > n_k and binomtest(n_j, n_j + n_k, 0.5, alternative="greater").pvalue < level(*pair)))
 
 
 def _search(banks: Sequence, tables: Sequence[np.ndarray], *, objective: str, grid: Mapping, options: Mapping,

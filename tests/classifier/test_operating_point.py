@@ -264,40 +264,58 @@ def _relabel_bank(base_class, target):
 
 
 def test_a_type_change_must_beat_nnunet_by_a_sign_test():
-    """hcc -> cyst is right 6 times, never wrong (p = 1/64): allowed. cyst -> hcc is right 4 times, wrong 2
-    (p = 0.34): refused. Candidates of neither type (false candidates) count for neither."""
+    """cyst -> hcc (benign to malignant, level 0.05) right 6 times and never wrong (p = 1/64): allowed; hcc -> cyst
+    right 4 times, wrong 2 (p = 0.34): refused. Candidates of neither type (false candidates) count for
+    neither."""
     from nnunet_plus.classifier.operating_point import allowed_relabels
 
     to_cyst, to_hcc = [0.1, 0.8, 0.1], [0.8, 0.1, 0.1]
-    banks = [_relabel_bank([HCC] * 6 + [HCC] * 3, [CYST] * 6 + [NOT] * 3),
-             _relabel_bank([CYST] * 6, [HCC] * 4 + [CYST] * 2)]
-    tables = [np.array([to_cyst] * 9), np.array([to_hcc] * 6)]
-    assert allowed_relabels(banks, tables, relabel_margin=0.0, **CLASSES) == ((HCC, CYST),)
+    banks = [_relabel_bank([CYST] * 6 + [CYST] * 3, [HCC] * 6 + [NOT] * 3),
+             _relabel_bank([HCC] * 6, [CYST] * 4 + [HCC] * 2)]
+    tables = [np.array([to_hcc] * 9), np.array([to_cyst] * 6)]
+    assert allowed_relabels(banks, tables, relabel_margin=0.0, **CLASSES) == ((CYST, HCC),)
     # five right of five still passes at 0.05 (p = 1/32), four of four does not (p = 1/16)
-    five = [_relabel_bank([HCC] * 5, [CYST] * 5)]
-    assert allowed_relabels(five, [np.array([to_cyst] * 5)], relabel_margin=0.0, **CLASSES) == ((HCC, CYST),)
-    four = [_relabel_bank([HCC] * 4, [CYST] * 4)]
-    assert allowed_relabels(four, [np.array([to_cyst] * 4)], relabel_margin=0.0, **CLASSES) == ()
+    five = [_relabel_bank([CYST] * 5, [HCC] * 5)]
+    assert allowed_relabels(five, [np.array([to_hcc] * 5)], relabel_margin=0.0, **CLASSES) == ((CYST, HCC),)
+    four = [_relabel_bank([CYST] * 4, [HCC] * 4)]
+    assert allowed_relabels(four, [np.array([to_hcc] * 4)], relabel_margin=0.0, **CLASSES) == ()
     # a margin the PLUS lead does not pass changes nothing, so nothing is allowed
     assert allowed_relabels(banks, tables, relabel_margin=0.8, **CLASSES) == ()
 
 
+def test_a_change_from_malignant_to_benign_needs_the_stricter_level():
+    """hcc -> cyst takes a malignant call away: it must pass RELABEL_ALPHA_MALIGNANT_TO_BENIGN (0.01), so six right
+    of six (p = 1/64) are refused where they pass 0.05, and seven of seven (p = 1/128) are allowed."""
+    from nnunet_plus.classifier.operating_point import RELABEL_ALPHA_MALIGNANT_TO_BENIGN, allowed_relabels
+
+    assert RELABEL_ALPHA_MALIGNANT_TO_BENIGN == 0.01
+    to_cyst = [0.1, 0.8, 0.1]
+    six = [_relabel_bank([HCC] * 6, [CYST] * 6)]
+    assert allowed_relabels(six, [np.array([to_cyst] * 6)], relabel_margin=0.0, **CLASSES) == ()
+    assert allowed_relabels(six, [np.array([to_cyst] * 6)], relabel_margin=0.0, alpha_malignant_to_benign=0.05,
+                            **CLASSES) == ((HCC, CYST),)
+    seven = [_relabel_bank([HCC] * 7, [CYST] * 7)]
+    assert allowed_relabels(seven, [np.array([to_cyst] * 7)], relabel_margin=0.0, **CLASSES) == ((HCC, CYST),)
+
+
 def test_a_change_from_malignant_to_benign_counts_every_malignant_lesion_against_it():
-    """icc -> cyst turns the malignant call: the 6 cysts it gets right weigh against the 2 hcc it makes benign
-    (nnU-Net's "icc" was right about malignancy; p = 37/256): refused. The same 2 + 6 candidates under icc ->
-    hcc, a change inside the malignant group: the cysts count for neither side, 6 of 6 right: allowed."""
+    """icc -> cyst turns the malignant call: the 8 cysts it gets right weigh against the 2 hcc it makes benign
+    (nnU-Net's "icc" was right about malignancy; p = 0.055): refused. The same 2 + 8 candidates under icc ->
+    hcc, a change inside the malignant group: the cysts count for neither side, 8 of 8 right: allowed."""
     from nnunet_plus.classifier.operating_point import allowed_relabels
 
     hcc, icc, cyst, not_a_lesion = 0, 1, 2, 3
     groups = {"malignant_classes": [hcc, icc], "benign_classes": [cyst]}
     to_cyst, to_hcc = [0.05, 0.15, 0.7, 0.1], [0.7, 0.15, 0.05, 0.1]
-    bank = _relabel_bank([icc] * 9, [cyst] * 6 + [hcc] * 2 + [not_a_lesion])
-    assert allowed_relabels([bank], [np.array([to_cyst] * 9)], relabel_margin=0.0, **groups) == ()
-    # without the two hcc the change passes (6 of 6, p = 1/64)
-    no_hcc = _relabel_bank([icc] * 7, [cyst] * 6 + [not_a_lesion])
-    assert allowed_relabels([no_hcc], [np.array([to_cyst] * 7)], relabel_margin=0.0, **groups) == ((icc, cyst),)
-    inside = _relabel_bank([icc] * 8, [hcc] * 6 + [cyst] * 2)
-    assert allowed_relabels([inside], [np.array([to_hcc] * 8)], relabel_margin=0.0, **groups) == ((icc, hcc),)
+    bank = _relabel_bank([icc] * 11, [cyst] * 8 + [hcc] * 2 + [not_a_lesion])
+    assert allowed_relabels([bank], [np.array([to_cyst] * 11)], relabel_margin=0.0, **groups) == ()
+    assert allowed_relabels([bank], [np.array([to_cyst] * 11)], relabel_margin=0.0, alpha_malignant_to_benign=0.05,
+                            **groups) == ()  # refused at the looser level too: the two hcc count against it
+    # without the two hcc the change passes (8 of 8, p = 1/256)
+    no_hcc = _relabel_bank([icc] * 9, [cyst] * 8 + [not_a_lesion])
+    assert allowed_relabels([no_hcc], [np.array([to_cyst] * 9)], relabel_margin=0.0, **groups) == ((icc, cyst),)
+    inside = _relabel_bank([icc] * 10, [hcc] * 8 + [cyst] * 2)
+    assert allowed_relabels([inside], [np.array([to_hcc] * 10)], relabel_margin=0.0, **groups) == ((icc, hcc),)
 
 
 def test_the_fitted_rule_stores_its_allowed_type_changes(tmp_path, cls_project):
