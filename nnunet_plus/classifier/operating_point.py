@@ -63,7 +63,8 @@ import numpy as np
 from nnunet_plus.decision_rule import DecisionRule, apply_rule
 
 __all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA",
-           "RELABEL_ALPHA_MALIGNANT_TO_BENIGN", "SCORE_DIRECTIONS", "FittedRule", "allowed_relabels", "fit_rule", "load_rule", "save_rule"]
+           "RELABEL_ALPHA_MALIGNANT_TO_BENIGN", "SCORE_DIRECTIONS", "FittedRule", "allowed_relabels", "fit_rule",
+           "load_rule", "save_rule"]
 
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_FORMAT = "nnunet_plus.operating_point"
@@ -176,6 +177,7 @@ def allowed_relabels(banks: Sequence, tables: Sequence[np.ndarray], *, relabel_m
             tally = counts.setdefault((k, j), [0, 0])
             tally[0] += target == j
             tally[1] += target in right_as_called(k, j)
+
     def level(k: int, j: int) -> float:
         return alpha_down if k in malignant and j in benign else alpha
 
