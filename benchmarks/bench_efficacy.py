@@ -175,7 +175,7 @@ def bank_arm_metrics(banks, tables, rule, schema, malignant: list[int], benign: 
     import numpy as np
 
     from nnunet_plus.classifier.rule_scores import score_cases
-    from nnunet_plus.classifier.inference import plus_patient_probabilities
+    from nnunet_plus.classifier.patient_sources import plus_patient_probabilities
     from nnunet_plus.decision_rule import apply_rule
     from nnunet_plus.evaluation.metrics import auc, binary_metrics
 
@@ -188,13 +188,10 @@ def bank_arm_metrics(banks, tables, rule, schema, malignant: list[int], benign: 
         tumor_truth.append(bool(bank.patient[0]))
         malignant_truth.append(bool(bank.patient[1]))
         tumor_found.append(bool(reported.any()))
-        if rule.is_identity:
-            score_tumor.append(float(bank.nnunet_patient[0]))
-            score_malignant.append(float(bank.nnunet_patient[1]))
-        else:
-            patient = plus_patient_probabilities(np.asarray(table), schema)
-            score_tumor.append(patient["tumor"])
-            score_malignant.append(patient["malignant"])
+        patient = plus_patient_probabilities(np.asarray(table), schema)  # each key from PLUS where the rule says
+        score_tumor.append(patient["tumor"] if "tumor" in rule.patient_from_plus else float(bank.nnunet_patient[0]))
+        score_malignant.append(patient["malignant"] if "malignant" in rule.patient_from_plus
+                               else float(bank.nnunet_patient[1]))
     return {"lesion_f1": lesion["f1"], "lesion_precision": lesion["precision"], "lesion_recall": lesion["recall"],
             "fp_per_patient": lesion["fp"] / len(banks) if banks else None,
             "malignant_f1": scores["malignant_f1"], "benign_f1": scores["benign_f1"],

@@ -80,8 +80,13 @@ def load_cohort(seed_dir: Path) -> dict:
                 min_volume_mm3=schema.min_lesion_volume_mm3)
 
 
+def _difference(value, reference):
+    return None if value is None or reference is None else value - reference
+
+
 def _pp(value, reference):
-    return None if value is None or reference is None else 100.0 * (value - reference)
+    difference = _difference(value, reference)
+    return None if difference is None else 100.0 * difference
 
 
 def compare(cohort: dict, guard_sets: dict[str, dict[str, int]]) -> dict[str, dict]:
@@ -107,6 +112,8 @@ def compare(cohort: dict, guard_sets: dict[str, dict[str, int]]) -> dict[str, di
                       "malignant_f1": _pp(plus["malignant_f1"], alone["malignant_f1"]),
                       "benign_f1": _pp(plus["benign_f1"], alone["benign_f1"]),
                       "fp_per_patient": (alone["fp_per_patient"], plus["fp_per_patient"]),
+                      "auc_tumor": _difference(plus["auc_tumor"], alone["auc_tumor"]),
+                      "auc_malignant": _difference(plus["auc_malignant"], alone["auc_malignant"]),
                       "found": tuple(arm["counts"]["tp"] + arm["counts"]["fl"] for arm in (alone, plus)),
                       "rule": rule.describe(cohort["schema"].lesions)}
     return rows
@@ -116,21 +123,27 @@ def _signed(value) -> str:
     return "n/a" if value is None else f"{value:+.1f}"
 
 
+def _signed_auc(value) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
 def summary_lines(results: dict[str, dict[str, dict]]) -> list[str]:
-    """Markdown: per variant, mean and lowest delta of lesion and malignant patient F1 over the cohorts, the
-    cohorts below 0, the mean false positives per patient, and the test lesions found whatever their type (all
+    """Markdown: per variant, mean and lowest delta of lesion and malignant patient F1 and of the tumour and
+    malignant AUC over the cohorts, the cohorts below 0, the mean false positives per patient, and the test lesions found whatever their type (all
     cohorts) with the cohorts where fewer were found than by nnU-Net alone."""
     variants = list(next(iter(results.values())))
     lines = ["| variant | mean Δ lesion F1 | lowest | cohorts < 0 | mean Δ malignant F1 | lowest | cohorts < 0 "
+             "| mean Δ tumour AUC | lowest | cohorts < 0 | mean Δ malignant AUC | lowest | cohorts < 0 "
              "| FP / patient | lesions found (cohorts with fewer) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- " * 15 + "|"]
     for variant in variants:
         rows = [cohort[variant] for cohort in results.values()]
         cells = []
-        for key in ("lesion_f1", "malignant_f1"):
+        for key, form in (("lesion_f1", "{:+.1f}"), ("malignant_f1", "{:+.1f}"), ("auc_tumor", "{:+.3f}"),
+                          ("auc_malignant", "{:+.3f}")):
             values = [r[key] for r in rows if r[key] is not None]
-            cells += [f"{np.mean(values):+.1f} pp", f"{min(values):+.1f}", str(sum(v < -1e-9 for v in values))] \
-                if values else ["n/a"] * 3
+            cells += [form.format(np.mean(values)) + (" pp" if "f1" in key else ""), form.format(min(values)),
+                      str(sum(v < -1e-9 for v in values))] if values else ["n/a"] * 3
         before = np.mean([r["fp_per_patient"][0] for r in rows])
         after = np.mean([r["fp_per_patient"][1] for r in rows])
         found = np.sum([r["found"] for r in rows], axis=0)
@@ -160,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in results[str(seed_dir)].items():
             fp = row["fp_per_patient"]
             print(f"{seed_dir}  {name:18s} lesion F1 {_signed(row['lesion_f1']):>6}  malignant F1 "
-                  f"{_signed(row['malignant_f1']):>6}  benign F1 {_signed(row['benign_f1']):>6}  "
+                  f"{_signed(row['malignant_f1']):>6}  benign F1 {_signed(row['benign_f1']):>6}  AUC tumour "
+                  f"{_signed_auc(row['auc_tumor'])} malignant {_signed_auc(row['auc_malignant'])}  "
                   f"FP/patient {fp[0]:.2f} -> {fp[1]:.2f}  found {row['found'][0]} -> {row['found'][1]}  | "
                   f"{row['rule']}", flush=True)
     print("\n" + "\n".join(summary_lines(results)))

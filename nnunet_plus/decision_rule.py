@@ -21,7 +21,11 @@ mass: a candidate with hcc 0.19, icc 0.25, metastasis 0.12 (malignant 0.56) and 
 the plain ``argmax`` would call it a cyst and the patient benign. Without ``groups`` ``j = argmax p[:L]``.
 
 The identity rule (every threshold 1, or no allowed type change: nothing rejected, relabelled or added)
-reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes, whatever the network says. The thresholds are
+reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes, whatever the network says.
+
+The rule also says which patient probabilities come from PLUS rather than LiverMax (``patient_from_plus``:
+``tumor``, ``malignant``, ``benign``, lesion type names; empty: all LiverMax), a choice of its own, fitted on the
+same validation cases (:mod:`nnunet_plus.classifier.patient_sources`) and independent of the lesion decisions. The thresholds are
 fitted on out-of-fold validation by :mod:`nnunet_plus.classifier.operating_point`; :mod:`nnunet_plus.refine`
 applies them.
 """
@@ -45,6 +49,9 @@ class DecisionRule:
     accept_suspicious: float = 1.0
     #: the allowed type changes, ``((nnU-Net class k, PLUS type j), ...)`` sorted; None: every change allowed
     relabel_pairs: tuple[tuple[int, int], ...] | None = None
+    #: the patient probabilities taken from PLUS (keys of the case JSON's ``patient.probabilities``), sorted; the
+    #: others stay LiverMax
+    patient_from_plus: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("reject_confident", "relabel_margin", "accept_suspicious"):
@@ -61,6 +68,11 @@ class DecisionRule:
                 raise ValueError(f"decision rule: relabel_pairs must be pairs of two different class indices "
                                  f">= 0, got {self.relabel_pairs!r}")
             object.__setattr__(self, "relabel_pairs", pairs)
+        keys = self.patient_from_plus
+        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"decision rule: patient_from_plus must be a list of patient probability names, got "
+                             f"{keys!r}")
+        object.__setattr__(self, "patient_from_plus", tuple(sorted(set(keys))))
 
     @property
     def relabels(self) -> bool:
@@ -78,6 +90,7 @@ class DecisionRule:
                 "accept_suspicious": self.accept_suspicious}
         if self.relabel_pairs is not None:
             data["relabel_pairs"] = [list(pair) for pair in self.relabel_pairs]
+        data["patient_from_plus"] = list(self.patient_from_plus)
         return data
 
     @classmethod
@@ -85,10 +98,16 @@ class DecisionRule:
         """The rule of a :meth:`to_json` dict; ValueError / TypeError / KeyError when it is not one."""
         pairs = data.get("relabel_pairs")
         return cls(float(data["reject_confident"]), float(data["relabel_margin"]), float(data["accept_suspicious"]),
-                   None if pairs is None else tuple(tuple(pair) for pair in pairs))
+                   None if pairs is None else tuple(tuple(pair) for pair in pairs),
+                   data.get("patient_from_plus", ()))
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         """One sentence; ``class_names`` (the lesion types in schema order) name the allowed type changes."""
+        patient = ("" if not self.patient_from_plus else
+                   f"; patient probabilities of {', '.join(self.patient_from_plus)} from PLUS, the others from LiverMax")
+        return self._describe_lesions(class_names) + patient
+
+    def _describe_lesions(self, class_names: Sequence[str] | None) -> str:
         if self.is_identity:
             return "identity (nnU-Net alone: every f=1 lesion kept with nnU-Net's class, no suspicious candidate)"
         if not self.relabels:

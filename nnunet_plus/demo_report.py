@@ -106,9 +106,13 @@ def _operating_point(demo: DemoRun) -> list[str]:
     if demo.classifier_skipped or not path.is_file():
         return []
     data = json.loads(path.read_text())
-    verdict = ("**Stage two steps aside**: on the classifier folds' validation cases no decision rule beat nnU-Net "
-               "alone, so + PLUS reports exactly nnU-Net's lesions." if data["identity"] else
+    verdict = ("**Stage two steps aside on the lesions**: on the classifier folds' validation cases no decision rule "
+               "beat nnU-Net alone, so + PLUS reports exactly nnU-Net's lesions." if data["identity"] else
                "Stage two changes nnU-Net's answer where the rule below says so.")
+    from_plus = data["rule"].get("patient_from_plus") or []
+    verdict += (f" Patient probabilities from PLUS: {', '.join(from_plus)} (a higher validation AUC than LiverMax); "
+                "the others from LiverMax." if from_plus else " Patient probabilities: LiverMax (PLUS's validation "
+                "AUC was nowhere above LiverMax's).")
     return [f"Operating point (`{_relative(path, demo.workdir)}`, fitted on the classifier folds' validation "
             f"cases): {data['description']}. {verdict}", ""]
 

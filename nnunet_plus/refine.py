@@ -14,7 +14,7 @@ How the reported lesions are decided
   rule (:func:`nnunet_plus.decision_rule.apply_rule`: which confident lesions are rejected or
   retyped, which suspicious ones are reported). Its ``probability`` is the PLUS probability of its class.
   With the identity rule (no rule beat nnU-Net alone on validation, or none was fitted) the reported lesions,
-  their classes and the label map are exactly nnU-Net alone's, and the patient probabilities stay LiverMax.
+  their classes and the label map are exactly nnU-Net alone's.
 * In both modes a lesion whose ``probability`` is below ``min_probability`` (``--min-probability``, default 0:
   off) is rejected as well.
 
@@ -22,8 +22,10 @@ The final label map is nnU-Net's label map at the first sensitivity in which eve
 lesion is first given its best non-lesion label (argmax over the background / liver / other channels), and
 then every reported lesion is painted with its class: rejected and dropped candidates disappear, reported
 ones carry one (refined) type each. ``<case>_instances.nii.gz`` holds the reported lesions with ids 1..N
-(the ids of the JSON). Patient class = classifyPatient over the reported lesions; patient probabilities come
-from PLUS when it ran, else from LiverMax (both are kept in the JSON). ``patient.liver_found`` /
+(the ids of the JSON). Patient class = classifyPatient over the reported lesions; each patient probability
+comes from LiverMax unless the classifier's rule takes it from PLUS (``DecisionRule.patient_from_plus``: those
+whose validation AUC was above LiverMax's; :mod:`nnunet_plus.classifier.patient_sources`); the LiverMax ones are
+kept in the JSON either way. ``patient.liver_found`` /
 ``liver_volume_ml`` say whether the final label map holds any liver (liver + lesion labels): a case without
 liver is "normal" only in the sense that nothing was seen. ``patient.liver_hu_median`` is the median of the
 image's first channel over that region: outside :data:`LIVER_HU_RANGE` the "liver" is not liver tissue (a model
@@ -198,9 +200,11 @@ class CaseRefiner:
         from nnunet_plus.postprocessing.seg2det import label_mask
 
         patient_label = classify_patient([rec["label"] for rec in reported], schema.priority_labels)
-        steps_aside = plus is None or self.classifier.rule.is_identity
         livermax = {schema.label_name(int(k)): float(v) for k, v in analysis.livermax.items()}
         livermax_probabilities = {**{k: float(v) for k, v in analysis.patient.items()}, **livermax}
+        from_plus = set() if plus is None else set(self.classifier.rule.patient_from_plus) & set(plus.patient)
+        probabilities = {k: float(plus.patient[k]) if k in from_plus else v for k, v in livermax_probabilities.items()}
+        sources = {k: "plus" if k in from_plus else "livermax" for k in probabilities}
         liver_region = label_mask(label_map, schema.liver_region_labels)
         liver_voxels = int(liver_region.sum())
         liver_hu_median = _median_hu(image, liver_region)
@@ -211,9 +215,9 @@ class CaseRefiner:
             "liver_volume_ml": liver_voxels * float(np.prod(geometry.spacing_zyx)) / 1000.0,
             "liver_hu_median": liver_hu_median,
             "livermax": livermax,
-            "probabilities": dict(livermax_probabilities) if steps_aside
-            else {k: float(v) for k, v in plus.patient.items()},
-            "probability_source": "livermax" if steps_aside else "plus",
+            "probabilities": probabilities,
+            "probability_source": next(iter(set(sources.values()))) if len(set(sources.values())) == 1 else "mixed",
+            "probability_sources": sources,
             "livermax_probabilities": livermax_probabilities,
         }
         record = {

@@ -124,10 +124,28 @@ def test_classifier_rejects_not_a_lesion_and_relabels_candidates():
     expected[B] = 2              # B reported as hcc
     np.testing.assert_array_equal(result.label_map, expected)
     np.testing.assert_array_equal(result.instances, (expected == 2).astype(np.int32))
+    patient = result.record["patient"]  # MAJORITY takes no patient probability from PLUS
+    assert patient["class"] == "hcc" and patient["probability_source"] == "livermax"
+    assert patient["probabilities"] == patient["livermax_probabilities"]
+
+
+@pytest.mark.parametrize("from_plus", [(), ("tumor",), ("benign", "cyst", "hcc", "malignant", "tumor")])
+def test_patient_probabilities_come_from_plus_only_for_the_rule_s_keys(from_plus):
+    """PLUS (FakeClassifier): tumor 0.7, malignant 0.7, benign 0.1, hcc 0.7, cyst 0.1; LiverMax: tumor 0.8,
+    malignant 0.8, benign 0.3, hcc 0.8, cyst 0.3. The lesion decisions do not depend on it."""
+    rule = DecisionRule(reject_confident=0.5, relabel_margin=0.0, accept_suspicious=0.5, patient_from_plus=from_plus)
+    result = CaseRefiner(SCHEMA, classifier=FakeClassifier([0.2, 0.1, 0.7], [0.6, 0.3, 0.1], rule=rule)).refine(
+        "c", _image(), _softmax(), GEOMETRY)
     patient = result.record["patient"]
-    assert patient["class"] == "hcc" and patient["probability_source"] == "plus"
-    assert patient["probabilities"]["tumor"] == pytest.approx(0.7)
-    assert patient["livermax_probabilities"]["tumor"] == pytest.approx(0.8)
+    plus = {"tumor": 0.7, "malignant": 0.7, "benign": 0.1, "hcc": 0.7, "cyst": 0.1}
+    livermax = {"tumor": 0.8, "malignant": 0.8, "benign": 0.3, "hcc": 0.8, "cyst": 0.3}
+    assert patient["livermax_probabilities"] == pytest.approx(livermax)
+    assert patient["probabilities"] == pytest.approx({k: plus[k] if k in from_plus else livermax[k] for k in plus})
+    assert patient["probability_sources"] == {k: "plus" if k in from_plus else "livermax" for k in plus}
+    assert patient["probability_source"] == {0: "livermax", 1: "mixed", 5: "plus"}[len(from_plus)]
+    assert [(r["class"], r["tier"]) for r in result.record["lesions"]] == [("hcc", "suspicious")]
+    if from_plus:
+        assert "patient probabilities of " + ", ".join(from_plus) in result.record["operating_point"]
 
 
 def test_min_probability_rejects_low_confidence_lesions():

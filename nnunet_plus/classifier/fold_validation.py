@@ -9,7 +9,7 @@ out-of-fold softmax (the file the candidate bank was built from) are read again,
   class, patient probabilities from LiverMax (``nnunet_plus_predict --no-classifier``);
 * **nnU-Net + PLUS** (``"nnunet+plus"``): the candidates (nnU-Net's f = 1 lesions and the new f = 4 ones)
   decided by the classifier's operating point (:mod:`nnunet_plus.classifier.operating_point`), patient
-  probabilities from PLUS (LiverMax when the rule is the identity).
+  probabilities from PLUS where the operating point says so (``patient_from_plus``), else LiverMax.
 
 Both are scored with :func:`~nnunet_plus.evaluation.case.evaluate_case` and aggregated with
 :func:`~nnunet_plus.evaluation.summary.summarize` (the metric set of ``plus_summary.json``)::
@@ -135,7 +135,7 @@ def _methods(rule: str) -> dict[str, str]:
     return {NNUNET_KEY: "nnU-Net alone: lesions at the first sensitivity with nnU-Net's class, patient "
                         "probabilities from LiverMax",
             PLUS_KEY: "nnU-Net + PLUS: nnU-Net's f=1 lesions and new f=4 candidates decided by the operating point "
-                      f"({rule}), patient probabilities from PLUS (LiverMax when the rule is the identity)"}
+                      f"({rule}); patient probabilities from LiverMax unless the operating point names them"}
 
 
 def _write_outputs(summary: Mapping, output_folder: Path, *, plots: bool) -> None:

@@ -29,11 +29,12 @@ from nnunet_plus.classifier.bank_settings import BankSettings
 from nnunet_plus.classifier.checkpoint import check_compatible, load_checkpoint
 from nnunet_plus.classifier.model import PLUSClassifier, candidate_features
 from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, load_rule
+from nnunet_plus.classifier.patient_sources import plus_patient_probabilities
 from nnunet_plus.decision_rule import DecisionRule
 from nnunet_plus.paths import resolve_device, trained_folds
 from nnunet_plus.schema import LesionSchema
 
-__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder", "plus_patient_probabilities"]
+__all__ = ["ClassifierOutput", "PLUSInference", "classifier_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +64,6 @@ class ClassifierOutput:
 
     lesion_probabilities: np.ndarray
     patient: dict[str, float]
-
-
-def plus_patient_probabilities(lesion_probabilities: np.ndarray, schema: LesionSchema) -> dict[str, float]:
-    """Patient probabilities from an ``(N, L + 1)`` candidate table (see the module docstring)."""
-    p = np.asarray(lesion_probabilities, dtype=np.float64)
-    names = list(schema.lesions)
-    malignant = [names.index(n) for n in schema.malignant]
-    benign = [names.index(n) for n in schema.benign]
-
-    def highest(values: np.ndarray) -> float:
-        return float(values.max()) if values.size else 0.0
-
-    out = {"tumor": highest(p[:, malignant].sum(1) + p[:, benign].sum(1)),
-           "malignant": highest(p[:, malignant].sum(1)), "benign": highest(p[:, benign].sum(1))}
-    out.update({name: highest(p[:, i]) for i, name in enumerate(names)})
-    return out
 
 
 def _operating_point(folder: Path, folds: Sequence[int | str]) -> tuple[DecisionRule, str]:

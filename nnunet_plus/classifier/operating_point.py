@@ -54,12 +54,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from nnunet_plus.classifier.patient_sources import fit_patient_sources
 from nnunet_plus.decision_rule import DecisionRule, apply_rule
 
 __all__ = ["DEFAULT_GRID", "GUARDED_SCORES", "OBJECTIVES", "OPERATING_POINT_FILE", "RELABEL_ALPHA",
@@ -105,6 +106,9 @@ class FittedRule:
     identity_scores: dict = field(default_factory=dict)
     #: the lesion types in schema order (names the allowed type changes in :meth:`describe`)
     class_names: tuple = field(default=(), compare=False)
+    #: per patient probability, its validation AUC ``[LiverMax, PLUS]`` (None: undefined), which chose
+    #: ``rule.patient_from_plus`` (:mod:`nnunet_plus.classifier.patient_sources`)
+    patient_auc: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         def pct(v):
@@ -115,15 +119,26 @@ class FittedRule:
                 f"the classifier {pct(self.score)}): ")
         rule_text = self.rule.describe(self.class_names or None)
         if self.rule.is_identity:
-            return head + "the classifier does not beat nnU-Net on its own, so stage two steps aside: " + rule_text
+            return (head + "the classifier does not beat nnU-Net on its own, so stage two steps aside on the lesions: "
+                    + rule_text)
         return head + rule_text
+
+    def describe_patient_auc(self) -> str:
+        """The validation AUCs that chose the patient probabilities' sources, one line."""
+        def number(v):
+            return "n/a" if v is None else f"{v:.3f}"
+
+        cells = [f"{key} {number(lm)} / {number(plus)}" for key, (lm, plus) in self.patient_auc.items()]
+        return ("patient probability AUC on the validation cases, LiverMax / PLUS (PLUS only where higher): "
+                + ", ".join(cells))
 
     def to_json(self) -> dict:
         return {"format": OPERATING_POINT_FORMAT, "version": 1, "rule": self.rule.to_json(),
                 "identity": self.rule.is_identity, "objective": self.objective, "score": self.score,
                 "identity_score": self.identity_score, "network_free_score": self.network_free_score,
                 "n_cases": self.n_cases, "folds": list(self.folds),
-                "scores": self.scores, "identity_scores": self.identity_scores, "description": self.describe()}
+                "scores": self.scores, "identity_scores": self.identity_scores, "patient_auc": self.patient_auc,
+                "description": self.describe()}
 
 
 def _value(scores: Mapping, objective: str) -> float:
@@ -237,12 +252,15 @@ def fit_rule(banks: Sequence, tables: Sequence[np.ndarray], *, malignant_classes
     options = dict(malignant_classes=malignant_classes, benign_classes=benign_classes, min_volume_mm3=min_volume_mm3)
     best_rule, best_scores, identity_scores, network_free = _search(banks, tables, objective=objective, grid=grid,
                                                                     options=options, guards=guards)
-    return FittedRule(rule=best_rule, objective=objective, score=best_scores[objective],
+    from_plus, patient_auc = fit_patient_sources(banks, tables, malignant_classes=malignant_classes,
+                                                 benign_classes=benign_classes, class_names=class_names)
+    return FittedRule(rule=replace(best_rule, patient_from_plus=from_plus), objective=objective,
+                      score=best_scores[objective],
                       identity_score=identity_scores[objective], network_free_score=network_free[objective],
                       n_cases=len(banks), folds=list(folds),
                       scores={k: best_scores[k] for k in SCORE_DIRECTIONS},
                       identity_scores={k: identity_scores[k] for k in SCORE_DIRECTIONS},
-                      class_names=tuple(class_names))
+                      class_names=tuple(class_names), patient_auc=patient_auc)
 
 
 def save_rule(fitted: FittedRule, path: str | os.PathLike) -> Path:

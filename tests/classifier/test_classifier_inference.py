@@ -10,9 +10,9 @@ import torch
 
 from nnunet_plus.case_analysis import analyse_case
 from nnunet_plus.classifier.bank_io import load_case_bank
-from nnunet_plus.classifier.inference import (ClassifierOutput, PLUSInference, classifier_folder,
-                                              plus_patient_probabilities)
+from nnunet_plus.classifier.inference import ClassifierOutput, PLUSInference, classifier_folder
 from nnunet_plus.classifier.model import candidate_features
+from nnunet_plus.classifier.patient_sources import plus_patient_probabilities
 from nnunet_plus.schema import build_schema
 
 from classifier_project import synthetic_case

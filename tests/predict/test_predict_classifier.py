@@ -21,8 +21,10 @@ from nnunet_plus.classifier.operating_point import OPERATING_POINT_FILE, FittedR
 from nnunet_plus.schema import LesionSchema, build_schema
 
 
-#: the network's own answer: reject on a "not a lesion" majority, take the PLUS type when it leads
-MAJORITY = DecisionRule(reject_confident=0.5, relabel_margin=0.0, accept_suspicious=0.5)
+#: the network's own answer: reject on a "not a lesion" majority, take the PLUS type when it leads, and every
+#: patient probability from PLUS
+MAJORITY = DecisionRule(reject_confident=0.5, relabel_margin=0.0, accept_suspicious=0.5,
+                        patient_from_plus=("tumor", "malignant", "benign", "hcc", "cyst"))
 
 
 def _write_classifier(folder, schema: LesionSchema, dataset_name: str, *, trained_looking: bool = True,
@@ -139,6 +141,7 @@ def test_guarded_classifier_gives_exactly_nnunet_alone(with_classifier, tiny_mod
         assert [(r["id"], r["class"], r["volume_mm3"]) for r in guarded["lesions"]] == \
             [(r["id"], r["class"], r["volume_mm3"]) for r in alone["lesions"]]
         assert guarded["patient"]["class"] == alone["patient"]["class"]
+        assert guarded["patient"]["probabilities"] == alone["patient"]["probabilities"]  # no key taken from PLUS
         n_lesions += len(alone["lesions"])
     if source == "segmentation":
         assert n_lesions >= 2  # the comparison covered real lesions
@@ -210,7 +213,8 @@ def test_trained_classifier_predicts_the_mixed_folder(trained_classifier, tiny_m
         source = read_sitk(source_file)
         record = json.loads((out / f"{case}.json").read_text())
         assert record["classifier"] is True and record["operating_point"] == rule.describe()
-        assert record["patient"]["probability_source"] == ("livermax" if rule.is_identity else "plus")
+        sources = record["patient"]["probability_sources"]
+        assert sources == {k: "plus" if k in rule.patient_from_plus else "livermax" for k in sources}
         label_image = sitk.ReadImage(str(out / f"{case}.nii.gz"))
         instance_image = sitk.ReadImage(str(out / f"{case}_instances.nii.gz"))
         for image in (label_image, instance_image):

@@ -113,10 +113,12 @@ def fit_operating_points(trainer: PLUSClassifierTrainer) -> tuple[FittedRule, Fi
     fitted = fit_rule(banks, tables, folds=[trainer.fold], **options)
     save_rule(fitted, trainer.output_folder / OPERATING_POINT_FILE)
     trainer.log(f"fold {trainer.fold} " + fitted.describe())
+    trainer.log(f"fold {trainer.fold} " + fitted.describe_patient_auc())
     pooled_banks, pooled_tables, folds = _finished_folds(trainer)
     pooled = fit_rule(pooled_banks, pooled_tables, folds=folds, **options)
     save_rule(pooled, trainer.output_folder.parent / OPERATING_POINT_FILE)
     trainer.log(f"classifier (folds {', '.join(folds)}) " + pooled.describe())
+    trainer.log(f"classifier (folds {', '.join(folds)}) " + pooled.describe_patient_auc())
     return fitted, pooled
 
 
