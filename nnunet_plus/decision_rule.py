@@ -104,7 +104,7 @@ class DecisionRule:
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         """One sentence; ``class_names`` (the lesion types in schema order) name the allowed type changes."""
         patient = ("" if not self.patient_from_plus else
-                   f"; patient probabilities of {', '.join(self.patient_from_plus)} from PLUS, the others from LiverMax")
+                   f"; patient probabilities of {', '.join(self.patient_from_plus)} from PLUS (any other from LiverMax)")
         return self._describe_lesions(class_names) + patient
 
     def _describe_lesions(self, class_names: Sequence[str] | None) -> str:

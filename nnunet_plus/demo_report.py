@@ -109,10 +109,8 @@ def _operating_point(demo: DemoRun) -> list[str]:
     verdict = ("**Stage two steps aside on the lesions**: on the classifier folds' validation cases no decision rule "
                "beat nnU-Net alone, so + PLUS reports exactly nnU-Net's lesions." if data["identity"] else
                "Stage two changes nnU-Net's answer where the rule below says so.")
-    from_plus = data["rule"].get("patient_from_plus") or []
-    verdict += (f" Patient probabilities from PLUS: {', '.join(from_plus)} (a higher validation AUC than LiverMax); "
-                "the others from LiverMax." if from_plus else " Patient probabilities: LiverMax (PLUS's validation "
-                "AUC was nowhere above LiverMax's).")
+    if not data["rule"].get("patient_from_plus"):  # else the description names them
+        verdict += " Patient probabilities: LiverMax (PLUS's validation AUC was nowhere above LiverMax's)."
     return [f"Operating point (`{_relative(path, demo.workdir)}`, fitted on the classifier folds' validation "
             f"cases): {data['description']}. {verdict}", ""]
 
