@@ -32,7 +32,11 @@ def patient_probabilities(table: np.ndarray, *, malignant_classes: Sequence[int]
                           class_names: Sequence[str] = ()) -> dict[str, float]:
     """PLUS patient probabilities of one case from its ``(N, L + 1)`` candidate table (module docstring):
     ``tumor``, ``malignant``, ``benign`` and, per name of ``class_names`` (column order), that type's."""
-    p = np.asarray(table, dtype=np.float64).reshape(-1, np.shape(table)[-1] if np.ndim(table) == 2 else 1)
+    p = np.asarray(table, dtype=np.float64)
+    if p.size == 0:  # a case without candidates
+        return dict.fromkeys([*GROUP_KEYS, *class_names], 0.0)
+    if p.ndim != 2:
+        raise ValueError(f"a candidate table must be (N, L + 1), got shape {p.shape}")
 
     def highest(values: np.ndarray) -> float:
         return float(values.max()) if values.size else 0.0

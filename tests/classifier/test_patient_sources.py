@@ -31,8 +31,11 @@ def test_patient_probabilities_are_the_highest_over_the_candidates():
     table = np.array([[0.5, 0.1, 0.4], [0.2, 0.7, 0.1]])
     got = patient_probabilities(table, **CLASSES)
     assert got == pytest.approx({"tumor": 0.9, "malignant": 0.5, "benign": 0.7, "hcc": 0.5, "cyst": 0.7})
-    empty = patient_probabilities(np.zeros((0, 3)), **CLASSES)
-    assert empty == {"tumor": 0.0, "malignant": 0.0, "benign": 0.0, "hcc": 0.0, "cyst": 0.0}
+    for no_candidate in (np.zeros((0, 3)), np.zeros(0)):
+        assert patient_probabilities(no_candidate, **CLASSES) == dict.fromkeys(["tumor", "malignant", "benign", "hcc",
+                                                                                "cyst"], 0.0)
+    with pytest.raises(ValueError, match="must be"):
+        patient_probabilities(np.ones(3), **CLASSES)
 
 
 def test_plus_is_taken_only_where_it_ranks_the_validation_patients_strictly_better():
