@@ -8,7 +8,9 @@ candidate banks (``bench_efficacy/test_bank``). This script refits the pooled ru
 with :func:`~nnunet_plus.classifier.operating_point.fit_rule` as the code now stands, once per guard set, applies
 each rule to the test cases with the stored classifier's probabilities, and scores them with the benchmark's own
 scoring (:func:`bench_efficacy.bank_arm_metrics`). The row ``stored`` is the rule the run itself used
-(``operating_point.json``); it reproduces the run's + PLUS figures, which checks that nothing else moved.
+(``operating_point.json``); it reproduces the run's + PLUS lesion and patient F1, which checks that nothing else
+moved (its AUCs follow the file's ``patient_from_plus``: a file written before that field takes every patient
+probability from LiverMax, so its AUC deltas are 0 where the run itself may have used PLUS's).
 
 The cohorts that choose a variant do not show that it generalises: check the choice on seeds run after it.
 
@@ -129,8 +131,9 @@ def _signed_auc(value) -> str:
 
 def summary_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     """Markdown: per variant, mean and lowest delta of lesion and malignant patient F1 and of the tumour and
-    malignant AUC over the cohorts, the cohorts below 0, the mean false positives per patient, and the test lesions found whatever their type (all
-    cohorts) with the cohorts where fewer were found than by nnU-Net alone."""
+    malignant AUC over the cohorts, the cohorts below 0, the mean false positives per patient, and the test
+    lesions found whatever their type (all cohorts) with the cohorts where fewer were found than by nnU-Net
+    alone."""
     variants = list(next(iter(results.values())))
     lines = ["| variant | mean Δ lesion F1 | lowest | cohorts < 0 | mean Δ malignant F1 | lowest | cohorts < 0 "
              "| mean Δ tumour AUC | lowest | cohorts < 0 | mean Δ malignant AUC | lowest | cohorts < 0 "

@@ -25,9 +25,9 @@ reports exactly nnU-Net's f = 1 lesions with nnU-Net's classes, whatever the net
 
 The rule also says which patient probabilities come from PLUS rather than LiverMax (``patient_from_plus``:
 ``tumor``, ``malignant``, ``benign``, lesion type names; empty: all LiverMax), a choice of its own, fitted on the
-same validation cases (:mod:`nnunet_plus.classifier.patient_sources`) and independent of the lesion decisions. The thresholds are
-fitted on out-of-fold validation by :mod:`nnunet_plus.classifier.operating_point`; :mod:`nnunet_plus.refine`
-applies them.
+same validation cases (:mod:`nnunet_plus.classifier.patient_sources`) and independent of the lesion decisions.
+The thresholds are fitted on out-of-fold validation by :mod:`nnunet_plus.classifier.operating_point`;
+:mod:`nnunet_plus.refine` applies them.
 """
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ class DecisionRule:
 
     def describe(self, class_names: Sequence[str] | None = None) -> str:
         """One sentence; ``class_names`` (the lesion types in schema order) name the allowed type changes."""
-        patient = ("" if not self.patient_from_plus else
-                   f"; patient probabilities of {', '.join(self.patient_from_plus)} from PLUS (any other from LiverMax)")
+        keys = ", ".join(self.patient_from_plus)
+        patient = f"; patient probabilities of {keys} from PLUS (any other from LiverMax)" if keys else ""
         return self._describe_lesions(class_names) + patient
 
     def _describe_lesions(self, class_names: Sequence[str] | None) -> str:
