@@ -205,6 +205,7 @@ class CaseRefiner:
         from_plus = set() if plus is None else set(self.classifier.rule.patient_from_plus) & set(plus.patient)
         probabilities = {k: float(plus.patient[k]) if k in from_plus else v for k, v in livermax_probabilities.items()}
         sources = {k: "plus" if k in from_plus else "livermax" for k in probabilities}
+        used = set(sources.values())
         liver_region = label_mask(label_map, schema.liver_region_labels)
         liver_voxels = int(liver_region.sum())
         liver_hu_median = _median_hu(image, liver_region)
@@ -216,7 +217,7 @@ class CaseRefiner:
             "liver_hu_median": liver_hu_median,
             "livermax": livermax,
             "probabilities": probabilities,
-            "probability_source": next(iter(set(sources.values()))) if len(set(sources.values())) == 1 else "mixed",
+            "probability_source": used.pop() if len(used) == 1 else "mixed",
             "probability_sources": sources,
             "livermax_probabilities": livermax_probabilities,
         }

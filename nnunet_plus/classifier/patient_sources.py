@@ -22,10 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["GROUP_KEYS", "fit_patient_sources", "patient_probabilities", "plus_patient_probabilities"]
+from nnunet_plus.classifier.bank_io import PATIENT_KEYS
 
-#: the patient keys beside the lesion types, in the order of the bank's ``patient`` / ``nnunet_patient`` arrays
-GROUP_KEYS: tuple[str, ...] = ("tumor", "malignant", "benign")
+__all__ = ["fit_patient_sources", "patient_probabilities", "plus_patient_probabilities"]
 
 
 def patient_probabilities(table: np.ndarray, *, malignant_classes: Sequence[int], benign_classes: Sequence[int],
@@ -34,17 +33,14 @@ def patient_probabilities(table: np.ndarray, *, malignant_classes: Sequence[int]
     ``tumor``, ``malignant``, ``benign`` and, per name of ``class_names`` (column order), that type's."""
     p = np.asarray(table, dtype=np.float64)
     if p.size == 0:  # a case without candidates
-        return dict.fromkeys([*GROUP_KEYS, *class_names], 0.0)
+        return dict.fromkeys([*PATIENT_KEYS, *class_names], 0.0)
     if p.ndim != 2:
         raise ValueError(f"a candidate table must be (N, L + 1), got shape {p.shape}")
-
-    def highest(values: np.ndarray) -> float:
-        return float(values.max()) if values.size else 0.0
-
     malignant = p[:, list(malignant_classes)].sum(axis=1)
     benign = p[:, list(benign_classes)].sum(axis=1)
-    out = {"tumor": highest(malignant + benign), "malignant": highest(malignant), "benign": highest(benign)}
-    out.update({name: highest(p[:, i]) for i, name in enumerate(class_names)})
+    out = {"tumor": float((malignant + benign).max()), "malignant": float(malignant.max()),
+           "benign": float(benign.max())}
+    out.update({name: float(p[:, i].max()) for i, name in enumerate(class_names)})
     return out
 
 
@@ -60,18 +56,19 @@ def fit_patient_sources(banks: Sequence, tables: Sequence[np.ndarray], *, malign
                         ) -> tuple[tuple[str, ...], dict[str, list]]:
     """``(keys from PLUS, {key: [LiverMax AUC, PLUS AUC]})`` on candidate-bank cases ``banks`` and their PLUS
     ``tables``: a key comes from PLUS when its validation AUC is strictly above LiverMax's (module docstring).
-    Keys: :data:`GROUP_KEYS`, then ``class_names`` (the lesion types in column order; none when empty). An AUC is
-    None where undefined."""
+    Keys: the bank's :data:`~nnunet_plus.classifier.bank_io.PATIENT_KEYS` (the order of its ``patient`` and
+    ``nnunet_patient`` arrays), then ``class_names`` (the lesion types in column order; none when empty). An AUC
+    is None where undefined."""
     from nnunet_plus.evaluation.metrics import auc
 
-    keys = [*GROUP_KEYS, *class_names]
+    keys = [*PATIENT_KEYS, *class_names]
     truth = {key: [] for key in keys}
     livermax = {key: [] for key in keys}
     plus = {key: [] for key in keys}
     for bank, table in zip(banks, tables):
         scores = patient_probabilities(table, malignant_classes=malignant_classes, benign_classes=benign_classes,
                                        class_names=class_names)
-        for i, key in enumerate(GROUP_KEYS):
+        for i, key in enumerate(PATIENT_KEYS):
             truth[key].append(bool(bank.patient[i]))
             livermax[key].append(float(bank.nnunet_patient[i]))
         for i, key in enumerate(class_names):
@@ -79,6 +76,7 @@ def fit_patient_sources(banks: Sequence, tables: Sequence[np.ndarray], *, malign
             livermax[key].append(float(bank.nnunet_livermax[i]))
         for key in keys:
             plus[key].append(scores[key])
+
     def checked_auc(labels: list, scores: list) -> float | None:
         return auc(labels, scores) if np.isfinite(scores).all() else None  # a diverged network ranks nothing
 
