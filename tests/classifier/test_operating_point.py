@@ -147,17 +147,18 @@ def test_a_rule_may_not_lower_the_malignant_patient_f1(cls_project, monkeypatch)
 
 
 @pytest.mark.parametrize("rule, worse", [
-    ({"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 3}, False),   # the same
-    ({"malignant_f1": 0.8, "malignant_recall": 1.0, "false_positives": 2}, False),    # better in each
+    ({"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 3, "lesions_found": 9}, False),  # the same
+    ({"malignant_f1": 0.8, "malignant_recall": 1.0, "false_positives": 2, "lesions_found": 10}, False),  # better
     # a malignant patient lost, the F1 evened out by two false malignant calls removed (3/5 -> 2/2 of 3)
-    ({"malignant_f1": 0.8, "malignant_recall": 2 / 3, "false_positives": 3}, True),
-    ({"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 4}, True),    # one false positive more
-    ({"malignant_f1": None, "malignant_recall": None, "false_positives": 0}, True),    # undefined counts as worst
+    ({"malignant_f1": 0.8, "malignant_recall": 2 / 3, "false_positives": 3, "lesions_found": 9}, True),
+    ({"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 4, "lesions_found": 9}, True),  # FP added
+    ({"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 2, "lesions_found": 8}, True),  # lesion lost
+    ({"malignant_f1": None, "malignant_recall": None, "false_positives": 0, "lesions_found": 9}, True),  # undefined
 ])
-def test_the_guards_refuse_a_lost_malignant_patient_and_an_added_false_positive(rule, worse):
+def test_the_guards_refuse_a_lost_malignant_patient_an_added_false_positive_and_a_lost_lesion(rule, worse):
     from nnunet_plus.classifier.operating_point import _worsens
 
-    identity = {"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 3}
+    identity = {"malignant_f1": 0.75, "malignant_recall": 1.0, "false_positives": 3, "lesions_found": 9}
     assert _worsens(rule, identity) is worse
 
 
@@ -195,6 +196,34 @@ def test_a_rule_may_not_add_false_positives(cls_project, monkeypatch):
     assert unguarded.score > unguarded.identity_score
     assert unguarded.scores["false_positives"] > unguarded.identity_scores["false_positives"]
     assert unguarded.rule.accept_suspicious < 1.0 and guarded.rule.accept_suspicious == 1.0
+
+
+def test_a_rule_may_not_reject_a_lesion_nnunet_found(cls_project):
+    """The suspicious candidates made false ones (so nnU-Net's f = 4 answer sets no higher bar), and tables that
+    agree with nnU-Net's class everywhere but call the real cysts nnU-Net typed "hcc" (cls_000's and cls_003's
+    third candidate) "not a lesion": rejecting them raises the lesion F1 (a wrong-type lesion counts in both its
+    precision and its recall) while the two lesions are no longer reported. The default guards refuse it; without
+    the lesions_found guard the same search rejects them."""
+    import dataclasses
+
+    banks = _banks(cls_project)
+    for index, bank in enumerate(banks):
+        suspicious = np.flatnonzero(bank.tier == 1)
+        target = bank.target.copy()
+        target[suspicious] = NOT
+        overlap = np.asarray(bank.overlap).reshape(-1, 3)   # [candidate id, reference id, shared voxels]
+        overlap = overlap[~np.isin(overlap[:, 0], suspicious + 1)]
+        banks[index] = dataclasses.replace(bank, target=target, overlap=overlap)
+    wrong_type = [(b.tier == 0) & (b.target != NOT) & (b.target != b.base_class) for b in banks]
+    assert sum(int(w.sum()) for w in wrong_type) == 2
+    tables = [np.eye(3)[np.where(w | (b.tier == 1), NOT, b.base_class)] * 0.9 + 0.1 / 3
+              for b, w in zip(banks, wrong_type)]
+    guarded = fit_rule(banks, tables, **CLASSES)
+    assert guarded.rule.is_identity
+    unguarded = fit_rule(banks, tables, **CLASSES, guards={"malignant_f1": 1, "malignant_recall": 1,
+                                                            "false_positives": -1})
+    assert unguarded.rule.reject_confident < 1.0 and unguarded.score > unguarded.identity_score
+    assert unguarded.scores["lesions_found"] == unguarded.identity_scores["lesions_found"] - 2
 
 
 def test_the_benign_patient_f1_is_reported_not_guarded(cls_project, monkeypatch):
