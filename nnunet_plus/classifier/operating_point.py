@@ -18,9 +18,10 @@ a cyst patient no longer called malignant would even out the F1), with false pos
 candidates that match no lesion than nnU-Net's) nor with lesions (no fewer reported candidates that match a
 reference lesion, whatever their type, than nnU-Net's: the lesion F1 counts a lesion of the wrong type in both
 its precision and its recall, so rejecting a real lesion that nnU-Net typed wrongly raises the F1 while the
-lesion is no longer reported; benchmarks/RESULTS.md, "No lesion nnU-Net found may be lost"). The benign patient F1 is reported, not guarded: with a handful
-of benign patients among the validation cases it moves by one patient's call, and guarding it vetoed rules that
-raised lesion, malignant and benign F1 on the test cases (benchmarks/RESULTS.md, "The patient-level guard").
+lesion is no longer reported; benchmarks/RESULTS.md, "No lesion nnU-Net found may be lost"). The benign
+patient F1 is reported, not guarded: with a handful of benign patients among the validation cases it moves by
+one patient's call, and guarding it vetoed rules that raised lesion, malignant and benign F1 on the test cases
+(benchmarks/RESULTS.md, "The patient-level guard").
 Why the recall and false-positive guards: benchmarks/RESULTS.md, "Guards against malignant patients lost and
 false positives added".
 

@@ -168,25 +168,29 @@ def test_unknown_guards_are_refused(cls_project):
         fit_rule(banks, [np.full((b.num_candidates, 3), 1 / 3) for b in banks], **CLASSES, guards={"recall": 1})
 
 
-def test_a_rule_may_not_add_false_positives(cls_project, monkeypatch):
-    """One suspicious candidate made a false one (cls_003's). Tables that type the confident lesions right but keep
-    the confident false candidates, and call every suspicious candidate a sure hcc: reporting the suspicious ones
-    gains one lesion on cls_000 and adds one false positive, which raises the lesion F1. The guard refuses it (the
-    type changes stay); without the false-positive guard the same search reports them."""
+def _suspicious_made_false(bank):
+    """``bank`` with its suspicious (f = 4) candidates made false ones: target "not a lesion", no reference overlap."""
     import dataclasses
 
-    from nnunet_plus.classifier import operating_point
-
-    monkeypatch.setattr(operating_point, "allowed_relabels", _every_change)  # see _half_inverted
-    banks = _banks(cls_project)
-    index = cls_project.cases.index("cls_003")
-    bank = banks[index]
     suspicious = np.flatnonzero(bank.tier == 1)
     target = bank.target.copy()
     target[suspicious] = NOT
     overlap = np.asarray(bank.overlap).reshape(-1, 3)   # [candidate id, reference id, shared voxels]
     overlap = overlap[~np.isin(overlap[:, 0], suspicious + 1)]
-    banks[index] = dataclasses.replace(bank, target=target, overlap=overlap)
+    return dataclasses.replace(bank, target=target, overlap=overlap)
+
+
+def test_a_rule_may_not_add_false_positives(cls_project, monkeypatch):
+    """One suspicious candidate made a false one (cls_003's). Tables that type the confident lesions right but keep
+    the confident false candidates, and call every suspicious candidate a sure hcc: reporting the suspicious ones
+    gains one lesion on cls_000 and adds one false positive, which raises the lesion F1. The guard refuses it (the
+    type changes stay); without the false-positive guard the same search reports them."""
+    from nnunet_plus.classifier import operating_point
+
+    monkeypatch.setattr(operating_point, "allowed_relabels", _every_change)  # see _half_inverted
+    banks = _banks(cls_project)
+    index = cls_project.cases.index("cls_003")
+    banks[index] = _suspicious_made_false(banks[index])
     tables = [np.eye(3)[np.where(b.tier == 1, HCC, np.where(b.target == NOT, b.base_class, b.target))] * 0.9
               + 0.1 / 3 for b in banks]
     guarded = fit_rule(banks, tables, **CLASSES)
@@ -204,16 +208,7 @@ def test_a_rule_may_not_reject_a_lesion_nnunet_found(cls_project):
     third candidate) "not a lesion": rejecting them raises the lesion F1 (a wrong-type lesion counts in both its
     precision and its recall) while the two lesions are no longer reported. The default guards refuse it; without
     the lesions_found guard the same search rejects them."""
-    import dataclasses
-
-    banks = _banks(cls_project)
-    for index, bank in enumerate(banks):
-        suspicious = np.flatnonzero(bank.tier == 1)
-        target = bank.target.copy()
-        target[suspicious] = NOT
-        overlap = np.asarray(bank.overlap).reshape(-1, 3)   # [candidate id, reference id, shared voxels]
-        overlap = overlap[~np.isin(overlap[:, 0], suspicious + 1)]
-        banks[index] = dataclasses.replace(bank, target=target, overlap=overlap)
+    banks = [_suspicious_made_false(bank) for bank in _banks(cls_project)]
     wrong_type = [(b.tier == 0) & (b.target != NOT) & (b.target != b.base_class) for b in banks]
     assert sum(int(w.sum()) for w in wrong_type) == 2
     tables = [np.eye(3)[np.where(w | (b.tier == 1), NOT, b.base_class)] * 0.9 + 0.1 / 3
