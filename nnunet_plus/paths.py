@@ -6,8 +6,6 @@ import os
 import re
 from pathlib import Path
 
-NNUNET_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-
 
 class PathError(RuntimeError):
     """A folder or environment variable that the command needs is missing."""

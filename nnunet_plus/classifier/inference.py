@@ -107,7 +107,6 @@ class PLUSInference:
         self.target_spacing = tuple(float(s) for s in target_spacing)
         self.channel_names = None if channel_names is None else [str(n) for n in channel_names]
         self.rule = rule or DecisionRule()
-        self.rule_source = "identity (no operating point given)" if rule is None else "given"
         self.chunk = int(chunk)
         channels = {m.in_channels for m in self.models}
         classes = {m.num_lesion_classes for m in self.models}
@@ -165,7 +164,6 @@ class PLUSInference:
         inference = cls(models, schema=schema, settings=settings, target_spacing=reference[1],
                         channel_names=reference[2], rule=rule, device=device)
         inference.folds = list(folds)
-        inference.rule_source = source
         logger.info("PLUS decision rule from %s: %s", source, rule.describe(schema.lesions))
         return inference
 

@@ -207,7 +207,6 @@ class PLUSClassifier(nn.Module):
         self.in_channels = int(in_channels)
         self.num_lesion_classes = int(num_lesion_classes)
         self.num_classes = self.num_lesion_classes + 1
-        self.not_lesion_index = self.num_lesion_classes
         self.fusion_mode = fusion
         encoder_kwargs = {"stem_stride": stem_stride, "norm": norm, **arch}
         self.lesion_encoder = ResNetEncoder3d(self.in_channels + 1, **encoder_kwargs)  # E^S
